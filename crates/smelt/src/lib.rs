@@ -1,0 +1,17 @@
+//! smelt — run, serve, specialise and train small language models on your own hardware.
+//!
+//! The modules follow the life of a request:
+//! `hub` (get a model) → `load` (parse GGUF / HF folders) → `tokenize` → `template` (chat)
+//! → `model` (the generic decoder forward pass) → `sample` → `generate` (the decode loop),
+//! with `eval` (perplexity) beside it and `cli` on top.
+
+pub mod cli;
+pub mod eval;
+pub mod generate;
+pub mod hub;
+pub mod load;
+pub mod model;
+pub mod sample;
+pub mod template;
+pub mod tokenize;
+pub mod util;

@@ -1,0 +1,3 @@
+//! Loading: parse model files (GGUF, Hugging Face folders) into a config, weights and tokenizer.
+
+pub mod gguf;
