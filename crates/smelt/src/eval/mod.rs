@@ -1,1 +1,3 @@
-//! eval
+//! Evaluation: perplexity (and, later, task accuracy).
+
+pub mod perplexity;

@@ -1,0 +1,134 @@
+//! Per-sequence key/value cache: one growable buffer per layer.
+//!
+//! Buffers are `(1, n_kv_heads, capacity, head_dim)` and grow by doubling up to the
+//! context limit, so a short chat does not pay for an 8K context up front and appending
+//! a token never copies the whole history.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+#[derive(Debug, Clone)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<LayerKv>>,
+    /// Tokens stored (identical for every layer once a forward pass completes).
+    len: usize,
+    /// Hard limit: the context size this cache was created for.
+    max_len: usize,
+}
+
+const MIN_CAPACITY: usize = 64;
+
+impl KvCache {
+    pub fn new(n_layers: usize, max_len: usize) -> KvCache {
+        KvCache { layers: vec![None; n_layers], len: 0, max_len }
+    }
+
+    /// Tokens already in the cache; the next token goes at this position.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Forget everything (keeps the buffers for reuse).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Drop tokens from position `len` on (prefix reuse, rejected speculative tokens).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Bytes held by the buffers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| 2 * l.k.elem_count() * l.k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// Check that `n` more tokens fit before any layer is touched.
+    pub fn reserve(&self, n: usize) -> Result<()> {
+        if self.len + n > self.max_len {
+            bail!(
+                "context is full: {} cached + {n} new tokens exceed the context size of {} (raise --ctx)",
+                self.len,
+                self.max_len
+            );
+        }
+        Ok(())
+    }
+
+    /// Append `k, v: (1, n_kv, s, hd)` for `layer` at position `len()` and return the
+    /// whole history `(1, n_kv, len + s, hd)`. Call for every layer, then [`commit`].
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, n_kv, s, hd) = k.dims4()?;
+        let len = self.len;
+        let need = len + s;
+        if need > self.max_len {
+            bail!("context is full ({need} > {})", self.max_len);
+        }
+        let entry = &mut self.layers[layer];
+        let cap = entry.as_ref().map_or(0, |l| l.k.dims()[2]);
+        if need > cap {
+            let new_cap = need.max(cap * 2).max(MIN_CAPACITY).min(self.max_len);
+            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                let t = Tensor::zeros((1, n_kv, new_cap, hd), DType::F32, &Device::Cpu)?;
+                if let Some(old) = old {
+                    if len > 0 {
+                        t.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                    }
+                }
+                Ok(t)
+            };
+            let nk = grow(entry.as_ref().map(|l| &l.k))?;
+            let nv = grow(entry.as_ref().map(|l| &l.v))?;
+            *entry = Some(LayerKv { k: nk, v: nv });
+        }
+        let l = entry.as_ref().expect("allocated above");
+        l.k.slice_set(&k.contiguous()?, 2, len)?;
+        l.v.slice_set(&v.contiguous()?, 2, len)?;
+        Ok((l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?))
+    }
+
+    /// Mark `s` appended tokens as stored (after every layer appended them).
+    pub fn commit(&mut self, s: usize) {
+        self.len += s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_and_keeps_history() {
+        let mut c = KvCache::new(1, 200);
+        let mut all = Vec::new();
+        for step in 0..100 {
+            let k = Tensor::full(step as f32, (1, 2, 1, 4), &Device::Cpu).unwrap();
+            let (kk, _) = c.append(0, &k, &k).unwrap();
+            c.commit(1);
+            all.push(step as f32);
+            let got: Vec<f32> = kk.narrow(1, 0, 1).unwrap().narrow(3, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, all);
+        }
+        assert!(c.reserve(101).is_err());
+        c.truncate(10);
+        assert_eq!(c.len(), 10);
+    }
+}
