@@ -1,6 +1,142 @@
-//! Loading: parse model files (GGUF, Hugging Face folders) into a config, weights and tokenizer.
+//! Loading: a GGUF file or a Hugging Face folder becomes a ready [`Model`]: the decoder
+//! with its weights, the tokenizer, the chat template and the end-of-generation tokens.
 
 pub mod gguf;
 pub mod gguf_config;
+pub mod hf;
 pub mod hf_config;
 pub mod tensors;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+use crate::model::{Decoder, ModelConfig};
+use crate::tokenize::Tokenizer;
+use gguf::GgufFile;
+use tensors::GgufTensors;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Gguf,
+    HfFolder,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Context size; None = the model's trained context, bounded by available memory.
+    pub ctx: Option<usize>,
+}
+
+/// Facts about the loaded files, for `smelt info` and `--verbose`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub format: Format,
+    pub name: Option<String>,
+    pub file_bytes: u64,
+    /// Tensor type → number of tensors.
+    pub tensor_types: BTreeMap<String, usize>,
+    pub n_tensors: usize,
+}
+
+pub struct Model {
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+    pub info: ModelInfo,
+}
+
+impl Model {
+    pub fn config(&self) -> &ModelConfig {
+        &self.decoder.cfg
+    }
+}
+
+/// KV-cache bytes one token costs at f32.
+pub fn kv_bytes_per_token(cfg: &ModelConfig) -> usize {
+    cfg.n_layers() * 2 * cfg.n_kv_heads * cfg.head_dim * 4
+}
+
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// The context to run with: what was asked (checked), else the trained context capped so a
+/// full KV cache fits in half the available memory.
+pub fn choose_ctx(cfg: &ModelConfig, asked: Option<usize>) -> Result<usize> {
+    if let Some(c) = asked {
+        if c < 2 {
+            bail!("--ctx must be at least 2, got {c}");
+        }
+        if c > cfg.max_position {
+            bail!(
+                "--ctx {c} is larger than the {} tokens this model was trained for",
+                cfg.max_position
+            );
+        }
+        return Ok(c);
+    }
+    let budget = mem_available().map_or(u64::MAX, |m| m / 2);
+    let fit = (budget / kv_bytes_per_token(cfg).max(1) as u64) as usize;
+    let ctx = cfg.max_position.min(fit.max(512) / 256 * 256).max(2);
+    if ctx < cfg.max_position {
+        tracing::info!(
+            "context limited to {ctx} of the model's {} tokens by available memory (set --ctx to choose)",
+            cfg.max_position
+        );
+    }
+    Ok(ctx)
+}
+
+/// Load a `.gguf` file or a Hugging Face model folder.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+    if path.is_dir() {
+        hf::load_hf_dir(path, opts)
+    } else if path.is_file() {
+        load_gguf(path, opts)
+    } else {
+        bail!("{}: no such file or folder", path.display())
+    }
+}
+
+pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let device = Device::Cpu;
+    let src = GgufTensors::new(file.clone(), device.clone());
+    let cfg = gguf_config::config_from_gguf(&file, &src).with_context(|| path.display().to_string())?;
+    let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: tokenizer", path.display()))?;
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        bail!(
+            "{}: the tokenizer has {} tokens but the embedding only {} rows",
+            path.display(),
+            tokenizer.vocab_size(),
+            cfg.vocab_size
+        );
+    }
+    let ctx = choose_ctx(&cfg, opts.ctx)?;
+    let decoder = Decoder::load(&cfg, &src, ctx, &device).with_context(|| path.display().to_string())?;
+    let mut tensor_types = BTreeMap::new();
+    for t in &file.tensors {
+        *tensor_types.entry(t.dtype.name().to_string()).or_insert(0) += 1;
+    }
+    Ok(Model {
+        decoder,
+        tokenizer,
+        chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
+        info: ModelInfo {
+            path: path.to_path_buf(),
+            format: Format::Gguf,
+            name: file.get_str("general.name").map(str::to_string),
+            file_bytes: file.file_size() as u64,
+            tensor_types,
+            n_tensors: file.tensors.len(),
+        },
+    })
+}

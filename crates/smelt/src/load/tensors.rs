@@ -149,6 +149,17 @@ impl SafetensorsTensors {
     }
 }
 
+impl SafetensorsTensors {
+    /// Stored dtype → number of tensors, for `smelt info`.
+    pub fn dtype_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for (_, v) in self.st.tensors() {
+            *m.entry(format!("{:?}", v.dtype())).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
 impl TensorSource for SafetensorsTensors {
     fn get(&self, name: &str) -> Result<Option<Weight>> {
         let Some(hf) = self.hf_name(name) else { return Ok(None) };
@@ -164,7 +175,3 @@ impl TensorSource for SafetensorsTensors {
     }
 }
 
-/// The dtype names of a safetensors checkpoint's tensors, for `smelt info`.
-pub fn safetensors_dtypes(st: &SafetensorsTensors) -> Vec<(String, String)> {
-    st.st.tensors().into_iter().map(|(n, v)| (n, format!("{:?}", v.dtype()))).collect()
-}

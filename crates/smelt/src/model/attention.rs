@@ -2,7 +2,7 @@
 //! logit soft-capping.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use super::kv_cache::KvCache;
 use super::linear::Linear;
