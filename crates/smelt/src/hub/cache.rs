@@ -162,7 +162,8 @@ impl Cache {
 
     /// Delete the entry named `name` (its spec, or its folder name); returns bytes freed.
     pub fn remove(&self, name: &str) -> Result<u64> {
-        let found = self.list()?.into_iter().find(|m| m.name == name || folder_name(&m.path, &self.models_dir()) == name);
+        let found =
+            self.list()?.into_iter().find(|m| m.name == name || folder_name(&m.path, &self.models_dir()) == name);
         let Some(model) = found else {
             bail!("no cached model named '{name}' (see `smelt list`)");
         };

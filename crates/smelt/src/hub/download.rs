@@ -17,6 +17,7 @@ use ureq::http::Response;
 use ureq::{Agent, Body};
 
 use super::alias::is_sha256;
+use super::url::{join_url, origin};
 use crate::util::human_bytes;
 
 /// What to download and what it must turn out to be.
@@ -37,10 +38,12 @@ pub(crate) struct Got {
     pub sha256: String,
 }
 
-/// Why one attempt failed: retry (connection cut, 5xx) or give up (404, bad checksum, no route).
+/// Why one attempt failed: retry (connection cut, 5xx), give up (404, bad checksum), or the host
+/// could not be reached at all (final unless this download reached it before: then a blip).
 enum Failure {
     Retry(anyhow::Error),
     Fatal(anyhow::Error),
+    Unreached(anyhow::Error),
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -77,14 +80,17 @@ impl Http {
         Http { agent: config.new_agent(), token, quiet, retries: 4, backoff: Duration::from_millis(500) }
     }
 
-    /// GET a small JSON document (an API listing).
+    /// GET a small JSON document (an API listing), retrying transient failures.
     pub fn get_json(&self, url: &str, what: &str) -> Result<serde_json::Value> {
-        let mut reply = match self.get(url, 0) {
-            Ok(r) => r,
-            Err(Failure::Retry(e) | Failure::Fatal(e)) => return Err(e),
-        };
-        check_status(reply.resp.status().as_u16(), what)?;
-        let text = reply.resp.body_mut().read_to_string().with_context(|| format!("reading {url}"))?;
+        let text = self.retrying(what, &ProgressBar::hidden(), |reached| {
+            let mut reply = self.get(url, 0)?;
+            *reached = true;
+            let status = reply.resp.status().as_u16();
+            transient(status, what)?;
+            check_status(status, what)?;
+            let text = reply.resp.body_mut().read_to_string();
+            text.map_err(|e| Failure::Retry(anyhow!("reading {url}: {e}")))
+        })?;
         serde_json::from_str(&text).with_context(|| format!("{what}: the hub's answer is not JSON"))
     }
 
@@ -99,42 +105,64 @@ impl Http {
         bar.finish_and_clear();
         let got = result?;
         File::open(&part)?.sync_all()?;
-        std::fs::rename(&part, want.dest)
-            .with_context(|| format!("cannot move {} into place", want.dest.display()))?;
+        std::fs::rename(&part, want.dest).with_context(|| format!("cannot move {} into place", want.dest.display()))?;
         Ok(got)
     }
 
     fn download_with_retries(&self, want: &Want, part: &Path, bar: &ProgressBar) -> Result<Got> {
-        let mut attempt = 0;
         let mut fresh_retry_done = false;
-        loop {
-            let err = match self.attempt(want, part, bar) {
-                Ok((got, expected, resumed)) => match verify(&got, expected.as_deref(), want, part) {
-                    Ok(()) => return Ok(got),
-                    // A stale prefix from an earlier run can poison a resumed file: one clean try.
-                    Err(e) if resumed && !fresh_retry_done => {
-                        fresh_retry_done = true;
-                        e
-                    }
-                    Err(e) => return Err(e),
-                },
+        self.retrying(&want.label, bar, |reached| {
+            let (got, expected, resumed) = self.attempt(want, part, bar, reached)?;
+            match verify(&got, expected.as_deref(), want, part) {
+                Ok(()) => Ok(got),
+                // A stale prefix from an earlier run can poison a resumed file: one clean try.
+                Err(e) if resumed && !fresh_retry_done => {
+                    fresh_retry_done = true;
+                    Err(Failure::Retry(e))
+                }
+                Err(e) => Err(Failure::Fatal(e)),
+            }
+        })
+    }
+
+    /// Run `f` until it succeeds, fails for good, or runs out of retries (exponential backoff).
+    /// `f` sets its flag once the server answered: from then on, "unreachable" is a blip.
+    fn retrying<T>(
+        &self,
+        label: &str,
+        bar: &ProgressBar,
+        mut f: impl FnMut(&mut bool) -> Result<T, Failure>,
+    ) -> Result<T> {
+        let mut reached = false;
+        for attempt in 0.. {
+            let err = match f(&mut reached) {
+                Ok(v) => return Ok(v),
                 Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry(e)) if attempt < self.retries => e,
-                Err(Failure::Retry(e)) => return Err(e.context(format!("gave up after {} attempts", attempt + 1))),
+                Err(Failure::Unreached(e)) if !reached => return Err(e),
+                Err(Failure::Retry(e) | Failure::Unreached(e)) if attempt < self.retries => e,
+                Err(Failure::Retry(e) | Failure::Unreached(e)) => {
+                    return Err(e.context(format!("gave up after {} attempts", attempt + 1)))
+                }
             };
-            attempt += 1;
-            let wait = self.backoff * 2u32.pow(attempt.min(6) - 1);
+            let wait = self.backoff * 2u32.pow(attempt.min(6));
             bar.suspend(|| {
                 if !self.quiet {
-                    eprintln!("smelt: {}: {err:#}; retrying in {:.1}s", want.label, wait.as_secs_f32())
+                    eprintln!("smelt: {label}: {err:#}; retrying in {:.1}s", wait.as_secs_f32())
                 }
             });
             std::thread::sleep(wait);
         }
+        unreachable!("the retry loop returns")
     }
 
     /// One request: returns what was written, the expected checksum, and whether it resumed.
-    fn attempt(&self, want: &Want, part: &Path, bar: &ProgressBar) -> Result<(Got, Option<String>, bool), Failure> {
+    fn attempt(
+        &self,
+        want: &Want,
+        part: &Path,
+        bar: &ProgressBar,
+        reached: &mut bool,
+    ) -> Result<(Got, Option<String>, bool), Failure> {
         let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         if want.size.is_some_and(|size| have > size) {
             have = truncate(part)?;
@@ -145,6 +173,12 @@ impl Http {
             return Ok((got, want.sha256.clone(), true));
         }
         let reply = self.get(&want.url, have)?;
+        if !*reached && !self.quiet && !io::stderr().is_terminal() {
+            // No progress bar: one line, once the hub has answered.
+            let size = want.size.map(|s| format!(" ({})", human_bytes(s))).unwrap_or_default();
+            eprintln!("smelt: downloading {}{size}", want.label);
+        }
+        *reached = true;
         let status = reply.resp.status().as_u16();
         let headers = reply.resp.headers();
         let total = match status {
@@ -166,6 +200,7 @@ impl Http {
                 return Err(Failure::Retry(anyhow!("server refused to resume")));
             }
             s => {
+                transient(s, &want.label)?;
                 check_status(s, &want.label)?;
                 return Err(Failure::Fatal(anyhow!("{}: unexpected HTTP status {s}", want.label)));
             }
@@ -223,8 +258,6 @@ impl Http {
             return ProgressBar::hidden();
         }
         if !io::stderr().is_terminal() {
-            let size = want.size.map(|s| format!(" ({})", human_bytes(s))).unwrap_or_default();
-            eprintln!("smelt: downloading {}{size}", want.label);
             return ProgressBar::hidden();
         }
         let style = ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -245,13 +278,20 @@ fn check_status(status: u16, what: &str) -> Result<()> {
     }
 }
 
+/// Statuses worth another try (overload, gateway trouble, rate limits).
+fn transient(status: u16, what: &str) -> Result<(), Failure> {
+    match status {
+        408 | 429 | 500 | 502 | 503 | 504 => Err(Failure::Retry(anyhow!("{what}: the hub answered HTTP {status}"))),
+        _ => Ok(()),
+    }
+}
+
 /// The checksum to verify against: the known one, else the hub's when it is a sha256.
 fn choose_sha(want: &Want, from_hub: Option<&str>) -> Result<Option<String>, Failure> {
     match (&want.sha256, from_hub) {
-        (Some(known), Some(hub)) if known != hub => Err(Failure::Fatal(anyhow!(
-            "{}: the hub serves a file with sha256 {hub}, expected {known}",
-            want.label
-        ))),
+        (Some(known), Some(hub)) if known != hub => {
+            Err(Failure::Fatal(anyhow!("{}: the hub serves a file with sha256 {hub}, expected {known}", want.label)))
+        }
         (Some(known), _) => Ok(Some(known.clone())),
         (None, hub) => Ok(hub.map(str::to_string)),
     }
@@ -269,28 +309,27 @@ fn verify(got: &Got, expected: Option<&str>, want: &Want, part: &Path) -> Result
     Ok(())
 }
 
-/// Connection-level failures: no route to the hub is final (fail fast, let a fallback run),
-/// anything after a connection was made is worth a retry.
+/// Errors before any response: no route to the host (DNS, refused, connect timeout) is
+/// `Unreached` so that a fallback can run at once; a connection lost after it was made is
+/// worth a retry; TLS and URL errors will not get better.
 fn classify(e: ureq::Error, url: &str) -> Failure {
+    use io::ErrorKind as K;
     use ureq::{Error as E, Timeout as T};
-    let unreachable = match &e {
-        E::HostNotFound | E::ConnectionFailed | E::Tls(_) | E::BadUri(_) | E::Http(_) => true,
-        E::Timeout(T::Resolve | T::Connect) => true,
-        E::Io(io) => matches!(
-            io.kind(),
-            io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::AddrNotAvailable
-                | io::ErrorKind::NetworkUnreachable
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NotFound
-        ),
-        _ => false,
-    };
     let host = origin(url).to_string();
-    if unreachable {
-        Failure::Fatal(anyhow!("cannot reach {host}: {e}"))
-    } else {
-        Failure::Retry(anyhow!("{host}: {e}"))
+    match &e {
+        E::Tls(_) | E::BadUri(_) | E::Http(_) | E::InvalidProxyUrl => Failure::Fatal(anyhow!("{host}: {e}")),
+        E::HostNotFound | E::ConnectionFailed | E::Timeout(T::Resolve | T::Connect) => {
+            Failure::Unreached(anyhow!("cannot reach {url}: {e}"))
+        }
+        E::Io(io)
+            if !matches!(
+                io.kind(),
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof | K::TimedOut
+            ) =>
+        {
+            Failure::Unreached(anyhow!("cannot reach {url}: {e}"))
+        }
+        _ => Failure::Retry(anyhow!("{host}: {e}")),
     }
 }
 
@@ -322,44 +361,6 @@ fn content_range(h: &ureq::http::HeaderMap) -> Option<(u64, Option<u64>)> {
     parse_content_range(h.get("content-range")?.to_str().ok()?)
 }
 
-/// `https://host:port` of a URL.
-pub(crate) fn origin(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let end = url[after_scheme..].find('/').map_or(url.len(), |i| after_scheme + i);
-    &url[..end]
-}
-
-/// Resolve a `Location` header against the URL that sent it.
-pub(crate) fn join_url(base: &str, location: &str) -> String {
-    if location.contains("://") {
-        location.to_string()
-    } else if location.starts_with('/') {
-        format!("{}{location}", origin(base))
-    } else {
-        let path_end = base.find('?').unwrap_or(base.len());
-        let dir_end = base[..path_end].rfind('/').map_or(path_end, |i| i + 1);
-        format!("{}{location}", &base[..dir_end])
-    }
-}
-
-/// Percent-encode one URL path segment (a revision such as `refs/pr/1` becomes one segment).
-pub(crate) fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Encode a file path, keeping its `/` separators.
-pub(crate) fn encode_path(s: &str) -> String {
-    s.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
-}
-
 pub(crate) fn part_path(dest: &Path) -> PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dest.with_file_name(format!("{name}.part"))
@@ -381,7 +382,12 @@ fn hash_prefix(part: &Path, len: u64) -> io::Result<Sha256> {
 }
 
 /// Copy `src` to `dst`, feeding the hasher and the progress bar; returns bytes copied.
-pub(crate) fn copy_hashing(mut src: impl Read, dst: &mut impl Write, hasher: &mut Sha256, bar: &ProgressBar) -> io::Result<u64> {
+pub(crate) fn copy_hashing(
+    mut src: impl Read,
+    dst: &mut impl Write,
+    hasher: &mut Sha256,
+    bar: &ProgressBar,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     loop {
@@ -405,17 +411,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_helpers() {
-        assert_eq!(origin("https://huggingface.co/a/b"), "https://huggingface.co");
-        assert_eq!(origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
-        assert_eq!(join_url("http://h:1/a/resolve/main/f", "/cdn/x"), "http://h:1/cdn/x");
-        assert_eq!(join_url("http://h:1/a/b?q=1", "c"), "http://h:1/a/c");
-        assert_eq!(join_url("http://h/a", "https://cdn/x"), "https://cdn/x");
-        assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
-        assert_eq!(encode_path("sub dir/f.gguf"), "sub%20dir/f.gguf");
-    }
 
     #[test]
     fn header_parsing() {

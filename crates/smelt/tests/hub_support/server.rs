@@ -51,6 +51,8 @@ struct State {
     blobs: HashMap<String, Vec<u8>>,
     /// path → bytes of body to send before dropping the connection (one shot)
     cuts: HashMap<String, usize>,
+    /// path suffix → status to answer once instead of the file
+    failures: HashMap<String, u16>,
     ignore_range: bool,
     /// repos that answer 401 without `Authorization: Bearer {token}`
     gated: HashMap<String, String>,
@@ -84,7 +86,8 @@ impl FakeHub {
             let sha = sha256_hex(data);
             let mut sib = serde_json::json!({"rfilename": name, "size": data.len()});
             if opts.lfs {
-                sib["lfs"] = serde_json::json!({"sha256": opts.fake_sha.clone().unwrap_or(sha.clone()), "size": data.len()});
+                sib["lfs"] =
+                    serde_json::json!({"sha256": opts.fake_sha.clone().unwrap_or(sha.clone()), "size": data.len()});
                 st.blobs.insert(sha, data.to_vec());
             }
             siblings.push(sib);
@@ -101,6 +104,11 @@ impl FakeHub {
     /// Cut the next response to a path ending in `path_suffix` after `after` body bytes.
     pub fn cut_once(&self, path_suffix: &str, after: usize) {
         self.state.lock().unwrap().cuts.insert(path_suffix.to_string(), after);
+    }
+
+    /// Answer the next request for a path ending in `path_suffix` with `status`.
+    pub fn fail_once(&self, path_suffix: &str, status: u16) {
+        self.state.lock().unwrap().failures.insert(path_suffix.to_string(), status);
     }
 
     pub fn ignore_range(&self) {
@@ -150,6 +158,10 @@ fn handle(mut stream: TcpStream, server: &'static str, state: &Mutex<State>, cdn
     let mut st = state.lock().unwrap();
     st.requests.push(req.clone());
     let path = req.path.trim_start_matches('/').to_string();
+    if let Some(key) = st.failures.keys().find(|k| path.ends_with(k.as_str())).cloned() {
+        let status = st.failures.remove(&key).unwrap_or(500);
+        return respond(&mut stream, status, &[], b"try again later");
+    }
     if server == "cdn" {
         let Some(data) = st.blobs.get(path.trim_start_matches("blobs/")).cloned() else {
             return respond(&mut stream, 404, &[], b"no such blob");
