@@ -216,7 +216,7 @@ impl Http {
         bar.set_position(have);
         let mut hasher = hash_prefix(part, have)?;
         let mut out = OpenOptions::new().create(true).append(true).open(part)?;
-        let limit = total.map_or(u64::MAX, |t| t - have);
+        let limit = total.map_or(u64::MAX, |t| t.saturating_sub(have));
         let body = reply.resp.into_body().into_reader().take(limit);
         let n = copy_hashing(body, &mut out, &mut hasher, bar).map_err(|e| Failure::Retry(e.into()))?;
         out.flush()?;
