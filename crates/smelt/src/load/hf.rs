@@ -142,6 +142,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
         bail!("{}: not a model folder (no config.json)", dir.display());
     }
     let (decoder, tensor_types) = open_hf(dir, opts.ctx)?;
+    let n_tensors = tensor_types.values().sum();
     let mut tokenizer = Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()))?;
     let extra_eos = generation_eos(dir)?;
     if !extra_eos.is_empty() {
@@ -159,7 +160,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
             name: dir.file_name().map(|n| n.to_string_lossy().into_owned()),
             file_bytes,
             tensor_types,
-            n_tensors: tensor_types.values().sum(),
+            n_tensors,
         },
     })
 }

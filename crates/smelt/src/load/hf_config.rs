@@ -51,12 +51,11 @@ fn rope_params(c: &Value, layer_type: &str) -> Value {
             out.insert(if k == "type" { "rope_type".into() } else { k.clone() }, v.clone());
         }
     }
-    if layer_type == "sliding_attention" {
-        // Gemma 3 (v4): local layers use their own base and no scaling.
-        if let Some(t) = c.get("rope_local_base_freq") {
-            out.retain(|k, _| k == "partial_rotary_factor");
-            out.insert("rope_theta".into(), t.clone());
-        }
+    let is_gemma3 = matches!(c.get("model_type").and_then(Value::as_str), Some("gemma3" | "gemma3_text"));
+    if layer_type == "sliding_attention" && is_gemma3 {
+        // Gemma 3 (v4): local layers use their own base (default 10000) and no scaling.
+        out.retain(|k, _| k == "partial_rotary_factor");
+        out.insert("rope_theta".into(), c.get("rope_local_base_freq").cloned().unwrap_or(serde_json::json!(10000.0)));
     }
     if let Some(Value::Object(rp)) = c.get("rope_parameters") {
         let flat = rp.contains_key("rope_theta") || rp.contains_key("rope_type");
@@ -70,8 +69,8 @@ fn rope_params(c: &Value, layer_type: &str) -> Value {
     Value::Object(out)
 }
 
-fn rope_config(c: &Value, p: &Value, head_dim: usize, max_position: usize) -> Result<RopeConfig> {
-    let theta = get_f64(p, "rope_theta").unwrap_or(10000.0);
+fn rope_config(c: &Value, p: &Value, head_dim: usize, max_position: usize, default_theta: f64) -> Result<RopeConfig> {
+    let theta = get_f64(p, "rope_theta").unwrap_or(default_theta);
     let partial = get_f64(p, "partial_rotary_factor").unwrap_or(1.0);
     let rotary_dim = ((head_dim as f64 * partial) as usize) & !1;
     let rope_type = p.get("rope_type").and_then(Value::as_str).unwrap_or("default");
@@ -90,9 +89,11 @@ fn rope_config(c: &Value, p: &Value, head_dim: usize, max_position: usize) -> Re
                 .context("config.json: llama3 rope scaling needs original_max_position_embeddings")?,
         },
         "longrope" | "su" => {
-            let original_max = get_usize(p, "original_max_position_embeddings")?
-                .or(get_usize(c, "original_max_position_embeddings")?)
-                .context("config.json: longrope needs original_max_position_embeddings")?;
+            // Phi-3: the top-level value wins over one inside the rope dict; transformers'
+            // Phi3Config defaults it to 4096.
+            let original_max = get_usize(c, "original_max_position_embeddings")?
+                .or(get_usize(p, "original_max_position_embeddings")?)
+                .unwrap_or(4096);
             let scale = factor.unwrap_or(max_position as f64 / original_max as f64);
             let short = f64_list(p.get("short_factor"), "short_factor")?;
             let long = f64_list(p.get("long_factor"), "long_factor")?;
@@ -189,8 +190,9 @@ pub fn config_from_hf(root: &Value) -> Result<ModelConfig> {
         Arch::Qwen2 | Arch::Qwen3 if c.get("use_sliding_window").and_then(Value::as_bool) == Some(false) => None,
         _ => get_usize(c, "sliding_window")?,
     };
-    let full = rope_config(c, &rope_params(c, "full_attention"), head_dim, max_position)?;
-    let local = rope_config(c, &rope_params(c, "sliding_attention"), head_dim, max_position)?;
+    let default_theta = if arch == Arch::Gemma3 { 1e6 } else { 10000.0 };
+    let full = rope_config(c, &rope_params(c, "full_attention"), head_dim, max_position, default_theta)?;
+    let local = rope_config(c, &rope_params(c, "sliding_attention"), head_dim, max_position, default_theta)?;
     let mut ropes = vec![full.clone()];
     if local != full && sliding.iter().any(|&s| s) {
         ropes.push(local);
@@ -227,7 +229,8 @@ pub fn config_from_hf(root: &Value) -> Result<ModelConfig> {
             .unwrap_or(tie_default),
         embed_scale: is_gemma.then(|| (hidden as f32).sqrt() as f64),
         attn_scale,
-        attn_softcap: if arch == Arch::Gemma2 || arch == Arch::Gemma3 { cap("attn_logit_softcapping") } else { None },
+        // Gemma 3 configs carry attn_logit_softcapping but transformers never applies it.
+        attn_softcap: if arch == Arch::Gemma2 { cap("attn_logit_softcapping") } else { None },
         final_softcap: if arch == Arch::Gemma2 || arch == Arch::Gemma3 { cap("final_logit_softcapping") } else { None },
         qk_norm: matches!(arch, Arch::Gemma3 | Arch::Qwen3),
         sandwich_norms: matches!(arch, Arch::Gemma2 | Arch::Gemma3),
