@@ -5,7 +5,7 @@
 //! → `model` (the generic decoder forward pass) → `sample` → `generate` (the decode loop),
 //! with `eval` (perplexity) beside it and `cli` on top.
 
-// (cli lands with the tokenizer and templates)
+pub mod cli;
 pub mod eval;
 pub mod generate;
 pub mod hub;

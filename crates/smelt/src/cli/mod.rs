@@ -1,1 +1,95 @@
-//! cli
+//! The `smelt` command line: Ollama-like verbs over the library.
+
+mod args;
+mod chat;
+mod info;
+mod models;
+mod perplexity;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use args::{GenArgs, ModelArgs};
+
+#[derive(Parser, Debug)]
+#[command(name = "smelt", version, about = "Run, serve, fine-tune and train small language models on your own machine.")]
+#[command(propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    /// Worker threads for matrix work (default: all cores).
+    #[arg(long, short = 't', global = true, env = "SMELT_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Log more (repeat for debug output).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a reply to one prompt (chat template applied), streamed to stdout.
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat (/clear, /exit).
+    Chat(chat::ChatArgs),
+    /// Describe a model: architecture, parameters, tensor types, context, tokenizer, template.
+    Info(info::InfoArgs),
+    /// Perplexity of a text file, computed exactly as llama.cpp's llama-perplexity does.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Download a model into the local cache.
+    Pull(models::PullArgs),
+    /// List cached models with their size and location.
+    List(models::ListArgs),
+    /// Remove a cached model.
+    Rm(models::RmArgs),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SMELT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().try_init();
+}
+
+/// Size the thread pools before any work starts: rayon's global pool and candle's
+/// matmul threads (which read RAYON_NUM_THREADS).
+pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    Ok(())
+}
+
+/// Entry point: parse, run, print errors as one line and map them to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = init_threads(cli.threads).and_then(|_| match cli.command {
+        Command::Run(a) => run::run(a, cli.verbose > 0),
+        Command::Chat(a) => chat::chat(a, cli.verbose > 0),
+        Command::Info(a) => info::info(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Pull(a) => models::pull(a),
+        Command::List(a) => models::list(a),
+        Command::Rm(a) => models::rm(a),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined with ": ".
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -127,7 +127,7 @@ pub fn generate(
     let mut history: Vec<u32> = prompt.to_vec();
     let mut out_tokens = Vec::new();
     let mut text = String::new();
-    let mut stream = StreamDecoder::new(tok);
+    let mut stream = StreamDecoder::new(tok, true);
     let mut stops = StopMatcher::new(&params.stop);
     let mut stop_hit = false;
     let t1 = Instant::now();

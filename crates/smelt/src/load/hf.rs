@@ -146,7 +146,11 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     let mut tokenizer = Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()))?;
     let extra_eos = generation_eos(dir)?;
     if !extra_eos.is_empty() {
-        tokenizer.add_eog_ids(&extra_eos);
+        let mut ids = tokenizer.eog_ids().to_vec();
+        ids.extend(extra_eos);
+        ids.sort_unstable();
+        ids.dedup();
+        tokenizer.set_eog_ids(&ids)?;
     }
     let files = safetensors_files(dir)?;
     let file_bytes = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run every test: fetch the real models and reference data (cached between runs), then the
+# whole Rust test suite. This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-test-data.sh
+cargo test --workspace --locked "$@"
