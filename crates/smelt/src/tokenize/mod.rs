@@ -39,7 +39,7 @@ pub struct Tokenizer {
 }
 
 pub(crate) enum Model {
-    Spm,
+    Spm(spm::Mergeable),
     Bpe(bpe::BpeModel),
     Wpm(wpm::WpmModel),
     Hf(Box<hf::HfModel>),
@@ -133,7 +133,7 @@ impl Tokenizer {
         let bos = || inner.ids.bos.ok_or_else(|| anyhow::anyhow!("the vocabulary asks for a BOS token but has none"));
         let eos = || inner.ids.eos.ok_or_else(|| anyhow::anyhow!("the vocabulary asks for an EOS token but has none"));
         match &inner.model {
-            Model::Spm => {
+            Model::Spm(mergeable) => {
                 if add_special && inner.add_bos {
                     out.push(bos()?);
                 }
@@ -149,7 +149,7 @@ impl Tokenizer {
                             for c in t.chars() {
                                 buf.push(if c == ' ' { '\u{2581}' } else { c });
                             }
-                            spm::tokenize(&inner.vocab, &buf, &mut out)?;
+                            spm::tokenize(&inner.vocab, mergeable, &buf, &mut out)?;
                             prev_special = false;
                         }
                         Frag::Token(id) => {
