@@ -55,7 +55,7 @@ impl PreTokenizer {
     pub fn for_name(pre: Option<&str>) -> Result<Self> {
         let Some(pre) = pre.filter(|p| !p.is_empty()) else {
             tracing::warn!("GGUF has no tokenizer.ggml.pre: using the default BPE pre-tokenizer; tokenization may differ from the original model");
-            return Ok(Self::for_name(Some("default"))?);
+            return Self::for_name(Some("default"));
         };
         let mut p = match pre {
             "default" => Self::new(
