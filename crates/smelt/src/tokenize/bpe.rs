@@ -116,8 +116,19 @@ impl BpeModel {
             text
         };
         let mut scratch = Scratch::default();
+        // Words repeat a lot in real text: remember the ids of short ones for this call.
+        let mut cache: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut cached: Vec<u32> = Vec::new();
         for (s, e) in self.split(text) {
             let raw = &text[s..e];
+            let cacheable = raw.len() <= 32;
+            if cacheable {
+                if let Some(&(a, b)) = cache.get(raw) {
+                    out.extend_from_slice(&cached[a..b]);
+                    continue;
+                }
+            }
+            let first = out.len();
             scratch.word.clear();
             if self.pre.byte_encode {
                 bytelevel::encode_into(raw.as_bytes(), &mut scratch.word);
@@ -125,6 +136,11 @@ impl BpeModel {
                 scratch.word.push_str(raw);
             }
             self.word(vocab, &mut scratch, out);
+            if cacheable {
+                let a = cached.len();
+                cached.extend_from_slice(&out[first..]);
+                cache.insert(raw, (a, cached.len()));
+            }
         }
     }
 

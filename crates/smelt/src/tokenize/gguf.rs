@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 
 use super::bpe::BpeModel;
 use super::pretok::PreTokenizer;
+use super::spm;
 use super::special::SpecialIds;
 use super::vocab::{attr, Vocab};
 use super::wpm::WpmModel;
@@ -188,7 +189,7 @@ pub fn load(f: &GgufFile) -> Result<Inner> {
     vocab.finish()?;
 
     let (model, style, kind) = match kind {
-        Kind::Spm => (Model::Spm, PieceStyle::Escaped, "SPM".to_string()),
+        Kind::Spm => (Model::Spm(spm::Mergeable::new(&vocab)), PieceStyle::Escaped, "SPM".to_string()),
         Kind::Bpe => {
             let p = pre.expect("set for BPE");
             let merges = strings(f, KEY_MERGES)?.context("the GGUF has no BPE merges (tokenizer.ggml.merges)")?;

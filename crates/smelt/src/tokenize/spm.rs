@@ -4,7 +4,7 @@
 //! or, when the piece is not in the vocabulary, as byte tokens `<0xXX>`.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 
 use anyhow::{anyhow, Result};
 
@@ -52,8 +52,54 @@ pub fn byte_token(vocab: &Vocab, b: u8) -> Result<u32> {
         .ok_or_else(|| anyhow!("the vocabulary has no token for byte 0x{b:02X} (no <0x{b:02X}> byte-fallback token)"))
 }
 
+/// Characters that occur in some token of two or more characters. A character outside this
+/// set can never be merged with a neighbour, so the text can be cut around it and the parts
+/// tokenized independently with the same result (and much smaller merge queues).
+pub struct Mergeable {
+    ascii: [bool; 128],
+    other: HashSet<char>,
+}
+
+impl Mergeable {
+    pub fn new(vocab: &Vocab) -> Self {
+        let mut m = Self { ascii: [false; 128], other: HashSet::new() };
+        for (_, t) in vocab.iter() {
+            if t.chars().nth(1).is_some() {
+                for c in t.chars() {
+                    if c.is_ascii() {
+                        m.ascii[c as usize] = true;
+                    } else {
+                        m.other.insert(c);
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    fn contains(&self, c: char) -> bool {
+        if c.is_ascii() {
+            self.ascii[c as usize]
+        } else {
+            self.other.contains(&c)
+        }
+    }
+}
+
 /// Tokenize `text` (already whitespace-escaped) and append the ids to `out`.
-pub fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<()> {
+pub fn tokenize(vocab: &Vocab, mergeable: &Mergeable, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if !mergeable.contains(c) {
+            tokenize_part(vocab, &text[start..i], out)?;
+            tokenize_part(vocab, &text[i..i + c.len_utf8()], out)?;
+            start = i + c.len_utf8();
+        }
+    }
+    tokenize_part(vocab, &text[start..], out)
+}
+
+fn tokenize_part(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<()> {
     if text.is_empty() {
         return Ok(());
     }

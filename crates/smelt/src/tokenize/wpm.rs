@@ -42,7 +42,7 @@ impl WpmModel {
             max_token_len,
             punct: re(r"\A\p{P}\z")?,
             mark: re(r"\A\p{M}\z")?,
-            control: re(r"\A\p{C}\z")?,
+            control: re(r"\A[\p{Cc}\p{Cf}\p{Co}\p{Cs}]\z")?, // not Cn, as llama.cpp
         })
     }
 
