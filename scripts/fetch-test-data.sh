@@ -72,6 +72,15 @@ if [ ! -f "$LC/ggml-vocab-llama-spm.gguf.out" ]; then
   rm -rf "$DATA/llama.cpp.tmp"
 fi
 
+# --- The official OpenAI Python client, for the server's compatibility tests -------------
+VENV="$DATA/venv-openai"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
+  echo "fetch: openai==3.51.0 (Python client, into $VENV)"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet openai==3.51.0
+fi
+
 # Downloaded packages are no longer needed once unpacked.
 rm -rf "$DATA/dl"
 echo "test data ready in $DATA"

@@ -6,12 +6,14 @@
 //! with `eval` (perplexity) beside it and `cli` on top.
 
 pub mod cli;
+pub mod constrain;
 pub mod eval;
 pub mod generate;
 pub mod hub;
 pub mod load;
 pub mod model;
 pub mod sample;
+pub mod serve;
 pub mod template;
 pub mod tokenize;
 pub mod util;

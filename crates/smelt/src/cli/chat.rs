@@ -10,7 +10,7 @@ use serde_json::json;
 use super::args::{load_model, GenArgs, ModelArgs};
 use crate::generate::{generate, Flow, Session};
 use crate::load::Model;
-use crate::template::{ChatTemplate, RenderOptions, SpecialTokens};
+use crate::template::{ChatTemplate, RenderOptions};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -42,7 +42,7 @@ impl Conversation {
                 eprintln!("note: this model has no chat template; running as plain completion (as with --raw)");
                 None
             }
-            (Some(src), false) => Some(ChatTemplate::new(src, special_tokens(model)).context("the model's chat template")?),
+            (Some(src), false) => Some(ChatTemplate::new(src, model.special_tokens()).context("the model's chat template")?),
         };
         let mut c = Conversation { messages: Vec::new(), system, template };
         c.clear();
@@ -63,12 +63,6 @@ impl Conversation {
     pub fn push_assistant(&mut self, text: &str) {
         self.messages.push(json!({"role": "assistant", "content": text}));
     }
-}
-
-pub fn special_tokens(model: &Model) -> SpecialTokens {
-    let t = &model.tokenizer;
-    let s = |id: Option<u32>| id.and_then(|i| t.token_str(i)).map(str::to_string);
-    SpecialTokens { bos_token: s(t.bos_id()), eos_token: s(t.eos_id()), unk_token: None, pad_token: None }
 }
 
 /// Tokens for the conversation: rendered through the template and tokenized without

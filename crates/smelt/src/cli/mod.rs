@@ -6,6 +6,7 @@ mod info;
 mod models;
 mod perplexity;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Perplexity of a text file, computed exactly as llama.cpp's llama-perplexity does.
     Perplexity(perplexity::PerplexityArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API to many clients at once.
+    Serve(serve::ServeArgs),
     /// Download a model into the local cache.
     Pull(models::PullArgs),
     /// List cached models with their size and location.
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat::chat(a, cli.verbose > 0),
         Command::Info(a) => info::info(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Pull(a) => models::pull(a),
         Command::List(a) => models::list(a),
         Command::Rm(a) => models::rm(a),

@@ -55,6 +55,13 @@ impl Model {
     pub fn config(&self) -> &ModelConfig {
         &self.decoder.cfg
     }
+
+    /// BOS/EOS strings for chat templates.
+    pub fn special_tokens(&self) -> crate::template::SpecialTokens {
+        let t = &self.tokenizer;
+        let s = |id: Option<u32>| id.and_then(|i| t.token_str(i)).map(str::to_string);
+        crate::template::SpecialTokens { bos_token: s(t.bos_id()), eos_token: s(t.eos_id()), unk_token: None, pad_token: None }
+    }
 }
 
 /// KV-cache bytes one token costs at f32.

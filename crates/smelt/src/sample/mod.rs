@@ -136,6 +136,11 @@ impl Sampler {
         Ok(Sampler { params, rng: Rng::new(seed), candidates: Vec::new() })
     }
 
+    /// TEMPORARY until the constrain branch lands.
+    pub fn sample_with(&mut self, logits: &mut [f32], history: &[u32], _allow: &mut dyn FnMut(u32) -> bool) -> u32 {
+        self.sample(logits, history)
+    }
+
     /// Pick the next token. `logits` is modified (penalties); `history` is every token so
     /// far (prompt included), of which the last `repeat_last_n` are penalised.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
