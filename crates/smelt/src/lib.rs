@@ -9,6 +9,7 @@
 pub mod eval;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod load;
 pub mod model;
 pub mod sample;
