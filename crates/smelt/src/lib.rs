@@ -10,6 +10,7 @@ pub mod constrain;
 pub mod eval;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod load;
 pub mod model;
 pub mod sample;

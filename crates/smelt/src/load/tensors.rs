@@ -10,6 +10,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::gguf::{GgmlType, GgufFile};
+use crate::kernels::QWeight;
 use crate::model::config::Arch;
 use crate::model::linear::Weight;
 
@@ -35,7 +36,7 @@ pub trait TensorSource: Send + Sync {
     }
 }
 
-fn candle_dtype(t: GgmlType) -> Result<GgmlDType> {
+pub fn candle_dtype(t: GgmlType) -> Result<GgmlDType> {
     Ok(match t {
         GgmlType::F32 => GgmlDType::F32,
         GgmlType::F16 => GgmlDType::F16,
@@ -70,12 +71,18 @@ impl GgufTensors {
 impl TensorSource for GgufTensors {
     fn get(&self, name: &str) -> Result<Option<Weight>> {
         let Some(info) = self.file.tensor_info(name) else { return Ok(None) };
+        if let (&[cols, rows], true) = (&info.dims[..], QWeight::supports(info.dtype)) {
+            // Zero-copy: the kernels read the blocks straight from the memory map.
+            let q = QWeight::new(self.file.bytes().clone(), self.file.data_offset + info.offset, info.dtype, rows, cols)
+                .with_context(|| format!("cannot read tensor {name:?}"))?;
+            return Ok(Some(Weight::Quant(q)));
+        }
         let data = self.file.tensor_data(info);
         let shape = info.shape();
         let q = qtensor_from_ggml(candle_dtype(info.dtype)?, data, shape, &self.device)
             .with_context(|| format!("cannot read tensor {name:?}"))?;
         Ok(Some(if info.dtype.is_quantized() {
-            Weight::Quant(Arc::new(q))
+            Weight::Candle(Arc::new(q))
         } else {
             Weight::Dense(q.dequantize(&self.device)?.to_dtype(DType::F32)?)
         }))

@@ -1,5 +1,6 @@
 //! Weight matrices: dense f32 (trainable, from safetensors or unquantized GGUF tensors) or
-//! ggml-quantized (kept in their block format and multiplied by candle's quantized kernels).
+//! ggml-quantized, kept in their block format: smelt's own kernels ([`QWeight`], read in
+//! place from the file's memory map) for the common types, candle's for the rest.
 
 use std::sync::Arc;
 
@@ -7,11 +8,16 @@ use anyhow::{bail, Result};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 
-/// A weight as loaded: dense f32 or quantized blocks.
+use crate::kernels::QWeight;
+
+/// A weight as loaded.
 #[derive(Debug, Clone)]
 pub enum Weight {
     Dense(Tensor),
-    Quant(Arc<QTensor>),
+    /// Quantized, multiplied by smelt's kernels (zero-copy from the model file).
+    Quant(QWeight),
+    /// Quantized in a type smelt has no kernel for (Q2_K, Q3_K, ...): candle's kernels.
+    Candle(Arc<QTensor>),
 }
 
 impl Weight {
@@ -19,7 +25,8 @@ impl Weight {
     pub fn dims(&self) -> Vec<usize> {
         match self {
             Weight::Dense(t) => t.dims().to_vec(),
-            Weight::Quant(q) => q.shape().dims().to_vec(),
+            Weight::Quant(q) => vec![q.rows(), q.cols()],
+            Weight::Candle(q) => q.shape().dims().to_vec(),
         }
     }
 
@@ -27,14 +34,16 @@ impl Weight {
     pub fn to_dense(&self) -> Result<Tensor> {
         Ok(match self {
             Weight::Dense(t) => t.clone(),
-            Weight::Quant(q) => q.dequantize(&q.device())?,
+            Weight::Quant(q) => Tensor::from_vec(q.to_f32(), (q.rows(), q.cols()), &candle_core::Device::Cpu)?,
+            Weight::Candle(q) => q.dequantize(&q.device())?,
         })
     }
 
     pub fn dtype_name(&self) -> String {
         match self {
             Weight::Dense(t) => format!("{:?}", t.dtype()).to_uppercase(),
-            Weight::Quant(q) => format!("{:?}", q.dtype()),
+            Weight::Quant(q) => q.dtype().to_string(),
+            Weight::Candle(q) => format!("{:?}", q.dtype()),
         }
     }
 }
@@ -51,7 +60,8 @@ pub struct Linear {
 #[derive(Debug, Clone)]
 enum LinearWeight {
     Dense(Tensor),
-    Quant(QMatMul),
+    Quant(QWeight),
+    Candle(QMatMul),
 }
 
 impl Linear {
@@ -67,7 +77,8 @@ impl Linear {
         }
         let weight = match weight {
             Weight::Dense(t) => LinearWeight::Dense(t),
-            Weight::Quant(q) => LinearWeight::Quant(QMatMul::from_arc(q)?),
+            Weight::Quant(q) => LinearWeight::Quant(q),
+            Weight::Candle(q) => LinearWeight::Candle(QMatMul::from_arc(q)?),
         };
         Ok(Linear { weight, bias, in_features, out_features })
     }
@@ -85,6 +96,7 @@ impl Linear {
                 y.reshape(out)?
             }
             LinearWeight::Quant(q) => q.forward(x)?,
+            LinearWeight::Candle(q) => q.forward(x)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -96,7 +108,15 @@ impl Linear {
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.weight {
             LinearWeight::Dense(w) => Some(w),
-            LinearWeight::Quant(_) => None,
+            LinearWeight::Quant(_) | LinearWeight::Candle(_) => None,
+        }
+    }
+
+    /// The quantized weight, when smelt's kernels multiply this layer.
+    pub fn quant_weight(&self) -> Option<&QWeight> {
+        match &self.weight {
+            LinearWeight::Quant(q) => Some(q),
+            _ => None,
         }
     }
 
@@ -129,11 +149,16 @@ impl Embedding {
                 let (b, s) = ids.dims2()?;
                 t.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, self.hidden))?
             }
-            Weight::Quant(q) => q.embedding(ids)?,
+            Weight::Quant(q) => {
+                let (b, s) = ids.dims2()?;
+                let rows = q.gather_rows(&ids.flatten_all()?.to_vec1::<u32>()?)?;
+                Tensor::from_vec(rows, (b, s, self.hidden), ids.device())?
+            }
+            Weight::Candle(q) => q.embedding(ids)?,
         })
     }
 
-    /// The same table used as the output projection (tied embeddings).
+    /// The same table used as the output projection (tied embeddings); shares its storage.
     pub fn as_linear(&self) -> Result<Linear> {
         Linear::new(self.table.clone(), None)
     }

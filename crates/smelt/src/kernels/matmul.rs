@@ -1,0 +1,154 @@
+//! `y = x · Wᵀ` over quantized weights: activation quantization, tiling and threads.
+//!
+//! Work is cut into tasks of (a run of weight rows) × (a run of activation rows). Inside a
+//! task, every group of up to 4 activation rows is multiplied with all of the task's weight
+//! rows by one [`Tile`] kernel call, which unpacks each weight block once for the 4 rows.
+//! The task's weight rows are sized to stay in L1 while the activation groups stream past,
+//! so for prefill each weight byte is read from memory once per task rather than once per
+//! activation row. For decode (`m ≤ 4`) tasks are simply large contiguous row ranges.
+
+use rayon::prelude::*;
+
+use super::quant::{ActFormat, ActRow, QActs};
+use super::{dot_scalar, Isa, QWeight};
+
+/// One kernel call: `rows` consecutive weight rows against `nr` (1..=4) activation rows.
+///
+/// Contract (what the `unsafe` kernels rely on): `w.len() >= rows · row_bytes`, `row_bytes`
+/// is a whole number of blocks, and each of `acts[..nr]` holds the quants, scales and sums
+/// of one activation row of `row_bytes / type_size · block_size` values in the weight's
+/// [`ActFormat`]. The output for weight row `j`, activation row `r` goes to `y[r·ldy + j]`.
+#[derive(Clone, Copy)]
+pub struct Tile<'a> {
+    pub w: &'a [u8],
+    pub row_bytes: usize,
+    pub rows: usize,
+    pub acts: [ActRow<'a>; 4],
+    pub nr: usize,
+}
+
+/// Bytes of weight rows a prefill task keeps hot while activation groups stream past.
+const TASK_WEIGHT_BYTES: usize = 16 << 10;
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 17;
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (its own weight rows × activation
+// rows), and the buffer outlives the parallel loop that uses it.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` is within the output buffer.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
+thread_local! {
+    /// Quantized activations, reused across calls on this thread (taken out while in use,
+    /// so a nested call on the same thread gets a fresh buffer instead of a borrow panic).
+    static SCRATCH: std::cell::Cell<QActs> = std::cell::Cell::new(QActs::default());
+}
+
+/// Quantize `x: (m, k)` into `acts` with `isa`.
+pub fn quantize_acts(isa: Isa, acts: &mut QActs, format: ActFormat, x: &[f32], m: usize, k: usize) {
+    acts.reset(format, m, k);
+    for i in 0..m {
+        let xr = &x[i * k..(i + 1) * k];
+        let (qs, d, s, bsums) = acts.row_mut(i);
+        match (isa, format) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, ActFormat::B32) => unsafe { super::x86::avx2::quantize_row_b32(xr, qs, d, s) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, ActFormat::K256) => unsafe { super::x86::avx2::quantize_row_k256(xr, qs, d, bsums) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, ActFormat::B32) => unsafe { super::x86::vnni::quantize_row_b32(xr, qs, d, s) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, ActFormat::K256) => unsafe { super::x86::vnni::quantize_row_k256(xr, qs, d, bsums) },
+            (_, ActFormat::B32) => super::quant::quantize_row_b32(xr, qs, d, s),
+            (_, ActFormat::K256) => super::quant::quantize_row_k256(xr, qs, d, bsums),
+        }
+    }
+}
+
+/// Run one tile with `isa`.
+fn run_tile(isa: Isa, w: &QWeight, tl: &Tile<'_>, y: *mut f32, ldy: usize) {
+    match isa {
+        // SAFETY: `isa` was checked available (Isa::check); the tile is built by `matmul_into`
+        // within the bounds it validated; `y` has room for nr rows of stride ldy.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { super::x86::avx2::tile(w.dtype(), tl, y, ldy) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { super::x86::vnni::tile(w.dtype(), tl, y, ldy) },
+        _ => {
+            for j in 0..tl.rows {
+                let row = &tl.w[j * tl.row_bytes..(j + 1) * tl.row_bytes];
+                for r in 0..tl.nr {
+                    // SAFETY: as above, y[r·ldy + j] is inside this tile's output.
+                    unsafe { *y.add(r * ldy + j) = dot_scalar::dot(w.dtype(), row, tl.acts[r]) };
+                }
+            }
+        }
+    }
+}
+
+/// `y (m, n) = x (m, k) · Wᵀ` with `W: (n, k)` quantized. Sizes are checked by the caller
+/// ([`QWeight::matmul_into`]); `isa` must be available.
+pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f32]) {
+    let (n, k) = (w.rows(), w.cols());
+    debug_assert!(x.len() == m * k && y.len() == m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let format = ActFormat::for_weight(w.dtype()).expect("QWeight holds a kernel type");
+    let mut acts = SCRATCH.with(|s| s.take());
+    quantize_acts(isa, &mut acts, format, x, m, k);
+
+    let row_bytes = w.row_bytes();
+    let data = w.data();
+    let groups = m.div_ceil(4);
+    let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
+    // Weight rows per task: decode splits rows evenly; prefill keeps a task's rows in L1.
+    let wr = if groups == 1 {
+        n.div_ceil(4 * threads)
+    } else {
+        (TASK_WEIGHT_BYTES / row_bytes).max(4).min(n.div_ceil(threads))
+    }
+    .max(1);
+    let n_w = n.div_ceil(wr);
+    // Split activation groups too when there are too few weight tasks to balance threads.
+    let n_a = (4 * threads).div_ceil(n_w).clamp(1, groups);
+    let ga = groups.div_ceil(n_a);
+    let n_a = groups.div_ceil(ga);
+
+    let out = OutPtr(y.as_mut_ptr());
+    let shared = &acts;
+    let task = |t: usize| {
+        let (tw, ta) = (t % n_w, t / n_w);
+        let (j0, j1) = (tw * wr, ((tw + 1) * wr).min(n));
+        for g in ta * ga..((ta + 1) * ga).min(groups) {
+            let a0 = 4 * g;
+            let nr = (m - a0).min(4);
+            let tl = Tile {
+                w: &data[j0 * row_bytes..j1 * row_bytes],
+                row_bytes,
+                rows: j1 - j0,
+                acts: std::array::from_fn(|r| shared.row(a0 + r.min(nr - 1))),
+                nr,
+            };
+            // SAFETY: element (a0 + r, j0 + j) of y, r < nr, j < j1 − j0, is in bounds and
+            // written by this task only.
+            run_tile(isa, w, &tl, unsafe { out.at(a0 * n + j0) }, n);
+        }
+    };
+    if threads == 1 || n_w * n_a == 1 {
+        (0..n_w * n_a).for_each(task);
+    } else {
+        (0..n_w * n_a).into_par_iter().for_each(task);
+    }
+    SCRATCH.with(|s| s.set(acts));
+}

@@ -1,0 +1,237 @@
+//! smelt's quantized matrix kernels: `y = x · Wᵀ` with `W` kept in ggml block format,
+//! straight from the model file's memory map.
+//!
+//! - [`QWeight`]: a zero-copy view of a quantized `(rows, cols)` matrix in the file.
+//! - [`QWeight::matmul_into`] / [`QWeight::forward`]: quantize each activation row once to
+//!   8 bits ([`quant`]), then integer dot products per block ([`dot_scalar`], [`x86`]),
+//!   tiled and spread over rayon's pool ([`matmul`]).
+//! - [`Isa`]: the instruction set used, detected once at run time (override with
+//!   `SMELT_KERNEL_ISA=scalar|avx2|vnni`, e.g. to compare).
+//!
+//! Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K. Others are left to candle.
+
+pub mod blocks;
+pub mod dot_scalar;
+pub mod matmul;
+pub mod quant;
+#[doc(hidden)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use crate::load::gguf::{Bytes, GgmlType};
+
+/// Instruction set of the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust; the reference for tests.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL/VNNI (Ice Lake, Zen 4 and later).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Whether this CPU can run `self`.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every instruction set this CPU can run, the portable one first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The one the kernels use: the best available, or `SMELT_KERNEL_ISA` when set (and available).
+    pub fn current() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = *Isa::available().last().unwrap_or(&Isa::Scalar);
+            let wanted = match std::env::var("SMELT_KERNEL_ISA").ok().as_deref() {
+                Some("scalar") => Isa::Scalar,
+                Some("avx2") => Isa::Avx2,
+                Some("vnni") => Isa::Avx512Vnni,
+                _ => best,
+            };
+            if wanted.is_available() {
+                wanted
+            } else {
+                best
+            }
+        })
+    }
+}
+
+/// A quantized weight matrix `(rows, cols)` (`rows` = outputs, `cols` = inputs) in ggml
+/// block format, borrowed from the model file's bytes: row `r` is `cols / block_size`
+/// consecutive blocks starting at `offset + r · row_bytes`. Cloning is cheap (an `Arc`).
+#[derive(Clone)]
+pub struct QWeight {
+    bytes: Bytes,
+    offset: usize,
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
+}
+
+impl std::fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QWeight({} [{}, {}] @{})", self.dtype, self.rows, self.cols, self.offset)
+    }
+}
+
+impl QWeight {
+    /// Whether smelt has kernels for `t`.
+    pub fn supports(t: GgmlType) -> bool {
+        quant::ActFormat::for_weight(t).is_some()
+    }
+
+    /// A view of `rows × cols` values of type `dtype` at `bytes[offset..]`.
+    pub fn new(bytes: Bytes, offset: usize, dtype: GgmlType, rows: usize, cols: usize) -> Result<QWeight> {
+        if !Self::supports(dtype) {
+            bail!("smelt has no quantized kernel for {dtype}");
+        }
+        let bs = dtype.block_size();
+        if cols == 0 || !cols.is_multiple_of(bs) {
+            bail!("a {dtype} row needs a multiple of {bs} values, got {cols}");
+        }
+        let size = rows
+            .checked_mul(cols / bs)
+            .and_then(|b| b.checked_mul(dtype.type_size()))
+            .context("quantized tensor size overflows")?;
+        if offset.checked_add(size).is_none_or(|end| end > bytes.len()) {
+            bail!("{dtype} tensor [{rows}, {cols}] at offset {offset} runs past the end of the data ({} bytes)", bytes.len());
+        }
+        Ok(QWeight { bytes, offset, dtype, rows, cols })
+    }
+
+    /// A weight over its own bytes (tests, weights quantized in memory).
+    pub fn from_vec(data: Vec<u8>, dtype: GgmlType, rows: usize, cols: usize) -> Result<QWeight> {
+        Self::new(Bytes::Owned(std::sync::Arc::new(data)), 0, dtype, rows, cols)
+    }
+
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    /// All the blocks, row after row.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.offset..self.offset + self.rows * self.row_bytes()]
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data()[r * rb..(r + 1) * rb]
+    }
+
+    /// Row `r` as f32 into `out` (`cols` values).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        blocks::dequantize_row(self.dtype, self.row(r), out);
+    }
+
+    /// Rows `ids` as f32, `(ids.len(), cols)`: an embedding lookup that touches only those rows.
+    pub fn gather_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (i, &id) in ids.iter().enumerate() {
+            if id as usize >= self.rows {
+                bail!("row {id} is out of range for a table of {} rows", self.rows);
+            }
+            self.dequantize_row(id as usize, &mut out[i * self.cols..(i + 1) * self.cols]);
+        }
+        Ok(out)
+    }
+
+    /// The whole matrix as f32, `(rows, cols)`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        blocks::dequantize_row(self.dtype, self.data(), &mut out);
+        out
+    }
+
+    /// `y (m, rows) = x (m, cols) · Wᵀ` with the current [`Isa`].
+    pub fn matmul_into(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        self.matmul_with(Isa::current(), x, m, y)
+    }
+
+    /// Same with a chosen instruction set (tests, benchmarks).
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        if !isa.is_available() {
+            bail!("this CPU cannot run {isa:?} kernels");
+        }
+        if x.len() != m * self.cols || y.len() != m * self.rows {
+            bail!(
+                "quantized matmul sizes: x has {} values for ({m}, {}), y has {} for ({m}, {})",
+                x.len(),
+                self.cols,
+                y.len(),
+                self.rows
+            );
+        }
+        matmul::matmul_into(isa, self, x, m, y);
+        Ok(())
+    }
+
+    /// `x: (..., cols) f32 → (..., rows)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+    }
+}
+
+impl CustomOp1 for QWeight {
+    fn name(&self) -> &'static str {
+        "smelt-qmatmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let Some((&k, lead)) = dims.split_last() else {
+            candle_core::bail!("quantized matmul needs at least 1-D input")
+        };
+        if k != self.cols {
+            candle_core::bail!("quantized matmul: input has {k} features, the weight expects {}", self.cols);
+        }
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("quantized matmul needs f32 input")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("quantized matmul needs a contiguous input")
+        };
+        let m: usize = lead.iter().product();
+        let mut y = vec![0f32; m * self.rows];
+        matmul::matmul_into(Isa::current(), self, &data[start..end], m, &mut y);
+        let mut out = lead.to_vec();
+        out.push(self.rows);
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}

@@ -1,0 +1,163 @@
+//! Unit tests: block layouts against candle, activation quantization SIMD = scalar,
+//! the scalar dot against dequantized products, every SIMD kernel against the scalar one.
+
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::Device;
+
+use super::blocks::dequantize_row;
+use super::matmul::quantize_acts;
+use super::quant::{quantize_scalar, ActFormat, QActs};
+use super::testing::*;
+use super::{dot_scalar, Isa, QWeight};
+use crate::load::gguf::GgmlType;
+use crate::load::tensors::candle_dtype;
+use crate::sample::Rng;
+
+#[test]
+fn dequantize_matches_candle_on_random_blocks() {
+    let mut rng = Rng::new(1);
+    for t in TYPES {
+        let (rows, cols) = (5, 3 * t.block_size());
+        let data = random_blocks(&mut rng, t, rows, cols, 0.5);
+        let mut ours = vec![0f32; rows * cols];
+        dequantize_row(t, &data, &mut ours);
+        let theirs = qtensor_from_ggml(candle_dtype(t).unwrap(), &data, vec![rows, cols], &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-3), "{t} value {i}: smelt {a} candle {b}");
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_simd_is_bit_identical() {
+    let mut rng = Rng::new(2);
+    let (m, k) = (5, 768);
+    let mut x = random_acts(&mut rng, m * k);
+    x[256..512].fill(0.0); // an all-zero block: d = 0, quants 0
+    x[300] = -0.0;
+    for format in [ActFormat::B32, ActFormat::K256] {
+        let mut want = QActs::default();
+        quantize_scalar(&mut want, format, &x, m, k);
+        for isa in Isa::available() {
+            let mut got = QActs::default();
+            quantize_acts(isa, &mut got, format, &x, m, k);
+            assert_eq!(got.qs, want.qs, "{isa:?} {format:?} quants");
+            assert_eq!(got.d, want.d, "{isa:?} {format:?} scales");
+            assert_eq!(got.s, want.s, "{isa:?} {format:?} sums");
+            assert_eq!(got.bsums, want.bsums, "{isa:?} {format:?} 16-sums");
+        }
+        // The guarantee the error bounds rest on: |x − d·q| ≤ d/2.
+        let bs = format.block();
+        for i in 0..m {
+            let a = want.dequantize_row(i);
+            for (j, (&xv, &av)) in x[i * k..(i + 1) * k].iter().zip(&a).enumerate() {
+                let d = want.row(i).d[j / bs];
+                assert!((xv - av).abs() <= d / 2.0 * (1.0 + 1e-6), "{format:?} row {i} value {j}: {xv} → {av}");
+            }
+        }
+    }
+}
+
+#[test]
+fn scalar_dot_equals_dequantized_product() {
+    let mut rng = Rng::new(3);
+    for t in TYPES {
+        let format = ActFormat::for_weight(t).unwrap();
+        for nb in [1, 3] {
+            let k = nb * t.block_size();
+            let w = random_blocks(&mut rng, t, 4, k, 0.1);
+            let x = random_acts(&mut rng, 2 * k);
+            let mut acts = QActs::default();
+            quantize_scalar(&mut acts, format, &x, 2, k);
+            let rb = w.len() / 4;
+            for j in 0..4 {
+                let row = &w[j * rb..(j + 1) * rb];
+                let mut wf = vec![0f32; k];
+                dequantize_row(t, row, &mut wf);
+                let o = offsets(t, row);
+                for i in 0..2 {
+                    let a = acts.dequantize_row(i);
+                    let got = dot_scalar::dot(t, row, acts.row(i)) as f64;
+                    let want = dot_f64(&wf, &a);
+                    let tol = rounding_bound(&wf, &o, &a, nb);
+                    assert!((got - want).abs() <= tol, "{t} k={k} row {j} act {i}: {got} vs {want} (tol {tol:e})");
+                }
+            }
+        }
+    }
+}
+
+/// Every ISA's tiled, threaded product equals the scalar reference element by element.
+#[test]
+fn simd_kernels_match_scalar_reference() {
+    let mut rng = Rng::new(4);
+    let mut checked = 0;
+    for t in TYPES {
+        let format = ActFormat::for_weight(t).unwrap();
+        // Odd sizes, plus two large enough for the parallel path (prefill and decode).
+        let mut shapes = vec![];
+        for nb in [1, 3] {
+            for n in [1, 7, 33] {
+                for m in [1, 3, 17] {
+                    shapes.push((m, n, nb));
+                }
+            }
+        }
+        // Past 8 blocks (the 32-value kernels batch 8) for every tile height 1..=4.
+        let big = if t.block_size() == 32 { 17 } else { 2 };
+        for m in 1..=4 {
+            shapes.push((m, 5, big));
+        }
+        shapes.push((1, 515, 2048 / t.block_size()));
+        shapes.push((9, 130, 768 / t.block_size()));
+        for (m, n, nb) in shapes {
+            let k = nb * t.block_size();
+            let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap();
+            let x = random_acts(&mut rng, m * k);
+            let mut want = vec![0f32; m * n];
+            w.matmul_with(Isa::Scalar, &x, m, &mut want).unwrap();
+            let mut acts = QActs::default();
+            quantize_scalar(&mut acts, format, &x, m, k);
+            let wf = w.to_f32();
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+                let mut got = vec![f32::NAN; m * n];
+                w.matmul_with(isa, &x, m, &mut got).unwrap();
+                for i in 0..m {
+                    let a = acts.dequantize_row(i);
+                    for j in 0..n {
+                        let (g, e) = (got[i * n + j] as f64, want[i * n + j] as f64);
+                        let tol = rounding_bound(&wf[j * k..(j + 1) * k], &offsets(t, w.row(j)), &a, nb);
+                        assert!((g - e).abs() <= tol, "{isa:?} {t} m={m} n={n} k={k} [{i},{j}]: {g} vs {e} (tol {tol:e})");
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        assert!(checked > 0, "no SIMD kernel was tested on an AVX2 machine");
+    }
+}
+
+#[test]
+fn rejects_bad_shapes_and_types() {
+    assert!(QWeight::from_vec(vec![0; 18], GgmlType::Q4_0, 1, 16).is_err()); // not whole blocks
+    assert!(QWeight::from_vec(vec![0; 17], GgmlType::Q4_0, 1, 32).is_err()); // data too short
+    assert!(QWeight::from_vec(vec![0; 84], GgmlType::Q2_K, 1, 256).is_err()); // no kernel
+    assert!(QWeight::from_vec(vec![0; 18], GgmlType::Q4_0, usize::MAX, 32).is_err()); // overflow
+    let w = QWeight::from_vec(vec![0; 36], GgmlType::Q4_0, 2, 32).unwrap();
+    assert!(w.matmul_into(&[0.0; 31], 1, &mut [0.0; 2]).is_err());
+    assert!(w.matmul_into(&[0.0; 32], 1, &mut [0.0; 3]).is_err());
+    assert!(w.gather_rows(&[2]).is_err());
+    let mut y = [1.0; 2];
+    w.matmul_into(&[1.0; 32], 1, &mut y).unwrap();
+    assert_eq!(y, [0.0, 0.0]);
+}
