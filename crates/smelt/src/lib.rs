@@ -3,7 +3,8 @@
 //! The modules follow the life of a request:
 //! `hub` (get a model) → `load` (parse GGUF / HF folders) → `tokenize` → `template` (chat)
 //! → `model` (the generic decoder forward pass) → `sample` → `generate` (the decode loop),
-//! with `eval` (perplexity) beside it and `cli` on top.
+//! with `constrain` (JSON output) beside `sample`, `eval` (perplexity) beside it all and `cli`
+//! on top.
 
 pub mod cli;
 pub mod constrain;

@@ -136,27 +136,76 @@ impl Sampler {
         Ok(Sampler { params, rng: Rng::new(seed), candidates: Vec::new() })
     }
 
-    /// TEMPORARY until the constrain branch lands.
-    pub fn sample_with(&mut self, logits: &mut [f32], history: &[u32], _allow: &mut dyn FnMut(u32) -> bool) -> u32 {
-        self.sample(logits, history)
-    }
-
     /// Pick the next token. `logits` is modified (penalties); `history` is every token so
     /// far (prompt included), of which the last `repeat_last_n` are penalised.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.sample_with(logits, history, &mut |_| true).unwrap_or_else(|| argmax(logits))
+    }
+
+    /// [`sample`](Self::sample) restricted to tokens `allow` accepts (e.g. a JSON
+    /// constraint), asking it about as few tokens as possible: greedy takes the first allowed
+    /// token in logit order; sampling truncates as usual, draws, and on a rejected token
+    /// redraws among the remaining survivors (exactly the truncated distribution renormalised
+    /// over the allowed ones). When no survivor is allowed, the allowed token with the best
+    /// logit in the whole vocabulary. None only if `allow` refuses every finite-logit token.
+    /// With an `allow` that accepts everything this is `sample`, draw for draw.
+    pub fn sample_with(&mut self, logits: &mut [f32], history: &[u32], allow: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
         let p = &self.params;
         let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
         apply_penalties(logits, recent, p);
         if p.temperature <= 0.0 {
-            return argmax(logits);
+            let best = argmax(logits);
+            if allow(best) {
+                return Some(best);
+            }
+            let refused = Some((best, logits[best as usize])).filter(|x| x.1.is_finite());
+            return best_allowed_after(logits, allow, refused);
         }
+        if !self.truncate(logits) {
+            return None;
+        }
+        // Temperature last, then a draw from the renormalised distribution.
+        let c = &self.candidates;
+        let max = c[0].1;
+        let t = self.params.temperature as f64;
+        let mut weights: Vec<f64> = c.iter().map(|x| (((x.1 - max) as f64) / t).exp()).collect();
+        let mut total: f64 = weights.iter().sum();
+        for _ in 0..REDRAWS {
+            let i = draw(&weights, total, self.rng.next_f64());
+            if allow(c[i].0) {
+                return Some(c[i].0);
+            }
+            total -= weights[i];
+            weights[i] = 0.0;
+            if weights.iter().all(|&w| w == 0.0) {
+                break;
+            }
+        }
+        // Many rejections: check every survivor once, then draw among the allowed.
+        for (x, w) in c.iter().zip(weights.iter_mut()) {
+            if *w > 0.0 && !allow(x.0) {
+                *w = 0.0;
+            }
+        }
+        total = weights.iter().sum();
+        if total > 0.0 {
+            return Some(c[draw(&weights, total, self.rng.next_f64())].0);
+        }
+        // The survivors are the first tokens in logit order, down to the last: all refused.
+        let last = *c.last().expect("survivors");
+        best_allowed_after(logits, allow, Some(last))
+    }
+
+    /// Penalised `logits` → `self.candidates`: the top-k / min-p / top-p survivors, best
+    /// first. False if no logit is finite.
+    fn truncate(&mut self, logits: &[f32]) -> bool {
+        let p = &self.params;
         let c = &mut self.candidates;
         c.clear();
         c.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)));
         if c.is_empty() {
-            return argmax(logits);
+            return false;
         }
-        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         // top-k: partial selection, then sort only the survivors.
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, by_logit);
@@ -182,19 +231,53 @@ impl Sampler {
             }
             c.truncate(keep.max(1));
         }
-        // Temperature last, then a draw from the renormalised distribution.
-        let t = p.temperature as f64;
-        let weights: Vec<f64> = c.iter().map(|x| (((x.1 - max) as f64) / t).exp()).collect();
-        let total: f64 = weights.iter().sum();
-        let mut u = self.rng.next_f64() * total;
-        for (x, w) in c.iter().zip(&weights) {
-            if u < *w {
-                return x.0;
-            }
-            u -= w;
-        }
-        c.last().map(|x| x.0).unwrap_or_else(|| argmax(logits))
+        true
     }
+}
+
+/// Rejected draws before [`Sampler::sample_with`] checks all survivors at once.
+const REDRAWS: usize = 4;
+
+fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Index drawn with probability `weights[i] / total`, `u` uniform in [0, 1).
+fn draw(weights: &[f64], total: f64, u: f64) -> usize {
+    let mut u = u * total;
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            return i;
+        }
+        u -= w;
+    }
+    // Rounding: the last token that can be drawn at all.
+    weights.iter().rposition(|&w| w > 0.0).unwrap_or(weights.len() - 1)
+}
+
+/// The token with the highest finite logit that `allow` accepts (ties: lower id), in one
+/// pass over the vocabulary that asks only about tokens beating the best allowed one so far:
+/// no sorting, no allocation. None if it accepts none.
+pub fn best_allowed(logits: &[f32], allow: &mut dyn FnMut(u32) -> bool) -> Option<u32> {
+    best_allowed_after(logits, allow, None)
+}
+
+/// `best_allowed` among the tokens that rank after `after` in logit order (those before it
+/// have already been refused).
+fn best_allowed_after(logits: &[f32], allow: &mut dyn FnMut(u32) -> bool, after: Option<(u32, f32)>) -> Option<u32> {
+    let (after_id, after_l) = after.unwrap_or((0, f32::INFINITY));
+    let mut best: Option<(u32, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        let id = i as u32;
+        // Finite, ranked after `after`, better than the best so far (ids ascend: ties lose).
+        if !l.is_finite() || l > after_l || (l == after_l && id <= after_id && after.is_some()) {
+            continue;
+        }
+        if best.is_none_or(|(_, bl)| l > bl) && allow(id) {
+            best = Some((id, l));
+        }
+    }
+    best.map(|b| b.0)
 }
 
 #[cfg(test)]
@@ -263,6 +346,76 @@ mod tests {
         assert_eq!(l[2], 2.5);
         // Out-of-range history ids are ignored, not a panic.
         apply_penalties(&mut l, &[999], &p);
+    }
+
+    #[test]
+    fn sample_with_allow_all_is_sample() {
+        for (t, k, pp, mp) in [(0.0, 40, 0.95, 0.05), (0.8, 40, 0.95, 0.05), (1.5, 0, 1.0, 0.0), (1.0, 3, 0.5, 0.0)] {
+            let p = SamplingParams { temperature: t, top_k: k, top_p: pp, min_p: mp, seed: Some(9), repeat_penalty: 1.3, ..Default::default() };
+            let (mut a, mut b) = (Sampler::new(p.clone()).unwrap(), Sampler::new(p).unwrap());
+            let mut rng = Rng::new(5);
+            let mut history = vec![1, 2];
+            for _ in 0..100 {
+                let l: Vec<f32> = (0..50).map(|_| rng.next_f64() as f32 * 6.0).collect();
+                let x = a.sample(&mut l.clone(), &history);
+                let y = b.sample_with(&mut l.clone(), &history, &mut |_| true).unwrap();
+                assert_eq!(x, y);
+                history.push(x);
+            }
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_best_allowed() {
+        let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+        let mut asked = Vec::new();
+        let got = s.sample_with(&mut logits(), &[], &mut |t| {
+            asked.push(t);
+            t == 2 || t == 0
+        });
+        // The argmax (1) first; then one pass asking only about tokens that beat the best
+        // allowed so far: 0 (1.0), 2 (2.5), 5 (2.9) — never 1 again, nor 3 and 4.
+        assert_eq!((got, asked), (Some(2), vec![1, 0, 2, 5]));
+        assert_eq!(s.sample_with(&mut logits(), &[], &mut |_| false), None);
+    }
+
+    #[test]
+    fn sampling_redraws_among_allowed_survivors() {
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(3), ..Default::default() };
+        let mut s = Sampler::new(p).unwrap();
+        let mut counts = [0usize; 6];
+        for _ in 0..4000 {
+            let t = s.sample_with(&mut logits(), &[], &mut |t| t == 1 || t == 2 || t == 3).unwrap();
+            counts[t as usize] += 1;
+        }
+        assert_eq!(counts[0] + counts[4] + counts[5], 0, "{counts:?}");
+        // Renormalised over {1, 2, 3}: e^3 : e^2.5 : e^-1 = 0.61 : 0.37 : 0.011.
+        let share = |i: usize| counts[i] as f64 / 4000.0;
+        assert!((share(1) - 0.61).abs() < 0.04 && (share(2) - 0.37).abs() < 0.04 && share(3) < 0.03, "{counts:?}");
+    }
+
+    #[test]
+    fn falls_back_past_the_truncation() {
+        // top-k 2 keeps tokens 1 and 5; neither is allowed: the best allowed overall wins.
+        let p = SamplingParams { temperature: 0.7, top_k: 2, seed: Some(1), ..Default::default() };
+        let mut s = Sampler::new(p).unwrap();
+        for _ in 0..20 {
+            assert_eq!(s.sample_with(&mut logits(), &[], &mut |t| t == 0 || t == 3), Some(0));
+        }
+        assert_eq!(s.sample_with(&mut logits(), &[], &mut |_| false), None);
+        assert_eq!(s.sample_with(&mut [f32::NAN, f32::NEG_INFINITY], &[], &mut |_| true), None);
+    }
+
+    #[test]
+    fn best_allowed_matches_brute_force() {
+        let mut rng = Rng::new(11);
+        for n in [1, 10, 64, 65, 1000, 5000] {
+            // Coarse logits: plenty of ties, which go to the lower id.
+            let l: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 20.0).floor() as f32).collect();
+            let allowed: Vec<bool> = (0..n).map(|_| rng.next_f64() < 0.01).collect();
+            let want = (0..n).filter(|&i| allowed[i]).min_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b))).map(|i| i as u32);
+            assert_eq!(best_allowed(&l, &mut |t| allowed[t as usize]), want, "n = {n}");
+        }
     }
 
     #[test]

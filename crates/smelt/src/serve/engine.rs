@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
-use crate::constrain::{JsonConstraint, TokenTable};
+use crate::constrain::{JsonConstraint, TokenFilter, TokenTable};
 use crate::generate::{FinishReason, GenerateParams, StopMatcher};
 use crate::load::Model;
 use crate::model::{KvCache, Logits, SeqInput};
@@ -266,7 +266,15 @@ fn sample_one(a: &mut Active, logits: &mut [f32], model: &Model, table: &TokenTa
     let eog = tok.eog_ids();
     let logprob_row = a.req.logprobs.map(|_| log_softmax(logits));
     let next = match &a.req.json {
-        Some(c) => a.sampler.sample_with(logits, &a.history, &mut |t| table.allowed(c, t, eog)),
+        Some(c) => {
+            let mut filter = TokenFilter::new(table, c);
+            match a.sampler.sample_with(logits, &a.history, &mut |t| filter.allows(t)) {
+                Some(t) => t,
+                // Nothing can continue the document (cannot happen with a well-formed
+                // constraint; guard anyway rather than emit invalid JSON).
+                None => return Outcome::Finish(FinishReason::Stop, false),
+            }
+        }
         None => a.sampler.sample(logits, &a.history),
     };
     let params: &GenerateParams = &a.req.params;
@@ -274,7 +282,7 @@ fn sample_one(a: &mut Active, logits: &mut [f32], model: &Model, table: &TokenTa
         return Outcome::Finish(FinishReason::Stop, false);
     }
     if let Some(c) = a.req.json.as_mut() {
-        if c.advance(table.bytes(next)).is_err() {
+        if table.advance(c, next).is_err() {
             return Outcome::Finish(FinishReason::Stop, false);
         }
     }

@@ -96,19 +96,9 @@ fn check_length(st: &AppState, job: &Job) -> Result<(), ApiError> {
 }
 
 fn response_format(v: &Option<Value>) -> Result<Option<JsonConstraint>, ApiError> {
-    let Some(rf) = v else { return Ok(None) };
-    let err = |m: String| ApiError::bad_request(m).param("response_format");
-    match rf.get("type").and_then(Value::as_str) {
-        Some("text") | None => Ok(None),
-        Some("json_object") => JsonConstraint::new(None).map(Some).map_err(|e| err(format!("{e:#}"))),
-        Some("json_schema") => {
-            let schema = rf
-                .get("json_schema")
-                .and_then(|j| j.get("schema"))
-                .ok_or_else(|| err("response_format json_schema needs json_schema.schema".into()))?;
-            JsonConstraint::new(Some(schema)).map(Some).map_err(|e| err(format!("unsupported JSON schema: {e:#}")))
-        }
-        Some(other) => Err(err(format!("unknown response_format type {other:?}"))),
+    match v {
+        None => Ok(None),
+        Some(rf) => JsonConstraint::from_response_format(rf).map_err(|e| ApiError::bad_request(format!("{e:#}")).param("response_format")),
     }
 }
 
