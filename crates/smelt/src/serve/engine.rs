@@ -326,6 +326,13 @@ fn end(a: Active, finish: FinishReason, stop_hit: bool) {
         if !hit {
             text.push_str(&stops.flush());
         }
+        // A JSON-constrained reply cut short by the token limit is closed with the shortest
+        // valid ending, so it always parses (finish_reason still says "length").
+        if finish == FinishReason::Length {
+            if let Some(tail) = req.json.as_ref().filter(|c| !c.can_finish()).and_then(|c| c.completion()) {
+                text.push_str(&String::from_utf8_lossy(&tail));
+            }
+        }
         if !text.is_empty() {
             let _ = req.events.send(Event::Token { text, token: None, logprob: None });
         }
