@@ -3,10 +3,14 @@
 //! Work is cut into tasks of (a run of weight rows) × (a run of activation rows). Inside a
 //! task, every group of up to [`GROUP`] activation rows is multiplied with all of the
 //! task's weight rows by [`Tile`] kernel calls of 1, 2, 4 or 8 rows, which unpack each
-//! weight block once for all their rows.
-//! The task's weight rows are sized to stay in L1 while the activation groups stream past,
-//! so for prefill each weight byte is read from memory once per task rather than once per
-//! activation row. For decode (`m ≤ 4`) tasks are simply large contiguous row ranges.
+//! weight block once for all their rows. The task's weight rows are sized to stay in L1
+//! while the activation groups stream past, so for prefill each weight byte comes from
+//! memory once per task rather than once per activation row. For decode (one activation
+//! group) tasks are simply large contiguous row ranges, a few per thread; products too
+//! small to be worth waking the pool for run on the calling thread.
+//!
+//! Nothing is allocated per call: the quantized activations live in a thread-local
+//! scratch buffer that only grows.
 
 use rayon::prelude::*;
 

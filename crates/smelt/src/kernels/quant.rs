@@ -9,7 +9,8 @@
 //!   of each run of 16 quants (ggml's Q8_K), which carry the K-quants' mins and offsets.
 //!
 //! Both use `d = amax/127`, `q = round_ties_even(x/d)` in −127..=127, so
-//! `|x − d·q| ≤ d/2` for every value. The SIMD versions compute bit-identical results.
+//! `|x − d·q| ≤ d/2` for every value. The SIMD versions compute bit-identical results
+//! (for finite input; a block with a NaN gets `d = NaN`, whatever its quants).
 
 use super::blocks::{QK, QK_K};
 use crate::load::gguf::GgmlType;
@@ -185,11 +186,13 @@ pub fn interleave8(qs: &mut [i8]) {
     }
 }
 
-/// Quantize one block of values into `q`; returns its scale `d`.
+/// Quantize one block of values into `q`; returns its scale `d`. A NaN anywhere in the
+/// block makes `d` NaN (its quants are then unspecified), so it reaches the output
+/// instead of being rounded away.
 #[inline]
 fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+    let d = if x.iter().any(|v| v.is_nan()) { f32::NAN } else { amax / 127.0 };
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(x) {
         *q = (v * id).round_ties_even() as i8;

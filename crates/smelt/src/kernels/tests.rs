@@ -160,3 +160,46 @@ fn rejects_bad_shapes_and_types() {
     w.matmul_into(&[1.0; 32], 1, &mut y).unwrap();
     assert_eq!(y, [0.0, 0.0]);
 }
+
+#[test]
+fn nan_activations_give_nan_outputs() {
+    let mut rng = Rng::new(5);
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let (m, n, k) = (3, 9, 512);
+        let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap();
+        let mut x = random_acts(&mut rng, m * k);
+        x[k + 300] = f32::NAN; // row 1 only
+        for isa in Isa::available() {
+            let mut y = vec![0f32; m * n];
+            w.matmul_with(isa, &x, m, &mut y).unwrap();
+            for (i, row) in y.chunks(n).enumerate() {
+                assert!(row.iter().all(|v| v.is_nan() == (i == 1)), "{isa:?} {t} row {i}: {row:?}");
+            }
+        }
+    }
+}
+
+/// A row's result does not depend on the batch it is computed in (decode vs prefill,
+/// tile height, position in the group): prefix caching and batched serving rely on it.
+#[test]
+fn results_do_not_depend_on_the_batch() {
+    let mut rng = Rng::new(6);
+    for t in TYPES {
+        // 74 blocks of 32 (9 chunks and 2 leftovers) or 9 super-blocks.
+        let (m, n, k) = (19, 21, if t.block_size() == 32 { 2368 } else { 2304 });
+        let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap();
+        let x = random_acts(&mut rng, m * k);
+        for isa in Isa::available() {
+            let mut batch = vec![0f32; m * n];
+            w.matmul_with(isa, &x, m, &mut batch).unwrap();
+            for i in 0..m {
+                let mut one = vec![0f32; n];
+                w.matmul_with(isa, &x[i * k..(i + 1) * k], 1, &mut one).unwrap();
+                assert_eq!(one, batch[i * n..(i + 1) * n], "{isa:?} {t} row {i}: alone vs in a batch of {m}");
+            }
+            let mut three = vec![0f32; 3 * n];
+            w.matmul_with(isa, &x[5 * k..8 * k], 3, &mut three).unwrap();
+            assert_eq!(three, batch[5 * n..8 * n], "{isa:?} {t}: rows 5..8 as a batch of 3");
+        }
+    }
+}

@@ -140,15 +140,23 @@ macro_rules! common {
             i
         }
 
+        /// max |x| over `n` values (a multiple of 8), or NaN when one of them is NaN.
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn amax(x: *const f32, n: usize) -> f32 {
             let sign = _mm256_set1_ps(-0.0);
             let mut m = _mm256_setzero_ps();
+            let mut nan = _mm256_setzero_ps();
             for i in (0..n).step_by(8) {
-                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x.add(i))));
+                let v = _mm256_loadu_ps(x.add(i));
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
             }
-            hmax_ps(m)
+            if _mm256_movemask_ps(nan) != 0 {
+                f32::NAN
+            } else {
+                hmax_ps(m)
+            }
         }
 
         /// SIMD twin of `quant::quantize_row_b32` (same results, bit for bit).
