@@ -26,7 +26,9 @@ pub const GROUP: usize = super::quant::PANEL_ROWS;
 /// Contract (what the `unsafe` kernels rely on): `w.len() >= rows · row_bytes`, `row_bytes`
 /// is a whole number of blocks, and each of `acts[..nr]` holds the quants, scales and sums
 /// of one activation row of `row_bytes / type_size · block_size` values in the weight's
-/// [`ActFormat`]. The output for weight row `j`, activation row `r` goes to `y[r·ldy + j]`.
+/// [`ActFormat`]. With `panel`, those rows are also consecutive rows of one panel group
+/// of [`super::quant::Panels`] holding all their full chunks, and `panel` points at the
+/// first one. The output for weight row `j`, activation row `r` goes to `y[r·ldy + j]`.
 #[derive(Clone, Copy)]
 pub struct Tile<'a> {
     pub w: &'a [u8],
