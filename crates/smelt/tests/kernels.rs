@@ -149,3 +149,49 @@ fn tensor_forward_and_tied_embeddings() {
     assert_eq!(w.forward(&xt).unwrap().dims(), [6, w.rows()]);
     assert!(w.forward(&Tensor::zeros((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap()).is_err());
 }
+
+/// Products running at once on many threads, and nested inside rayon tasks (where a
+/// worker waiting on its own product may pick up another), give the same results as one
+/// at a time: the per-thread activation scratch is never shared.
+#[test]
+fn concurrent_and_nested_products_agree() {
+    use rayon::prelude::*;
+    let mut rng = Rng::new(14);
+    let (t, n, k) = (GgmlType::Q4_1, 300, 512);
+    let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap();
+    let inputs: Vec<(usize, Vec<f32>)> = [1, 5, 64, 1, 33, 8, 2, 17].iter().map(|&m| (m, random_acts(&mut rng, m * k))).collect();
+    let want: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|(m, x)| {
+            let mut y = vec![0f32; m * n];
+            w.matmul_into(x, *m, &mut y).unwrap();
+            y
+        })
+        .collect();
+    for _ in 0..4 {
+        let got: Vec<Vec<f32>> = inputs
+            .par_iter()
+            .map(|(m, x)| {
+                let mut y = vec![0f32; m * n];
+                w.matmul_into(x, *m, &mut y).unwrap();
+                y
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (w, inputs, want) = (w.clone(), inputs.clone(), want.clone());
+            std::thread::spawn(move || {
+                for ((m, x), want) in inputs.iter().zip(&want) {
+                    let mut y = vec![0f32; m * n];
+                    w.matmul_into(x, *m, &mut y).unwrap();
+                    assert_eq!(&y, want);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -1,30 +1,60 @@
 //! `y = x · Wᵀ` over quantized weights: activation quantization, tiling and threads.
 //!
 //! Work is cut into tasks of (a run of weight rows) × (a run of activation rows). Inside a
-//! task, every group of up to 4 activation rows is multiplied with all of the task's weight
-//! rows by one [`Tile`] kernel call, which unpacks each weight block once for the 4 rows.
-//! The task's weight rows are sized to stay in L1 while the activation groups stream past,
-//! so for prefill each weight byte is read from memory once per task rather than once per
-//! activation row. For decode (`m ≤ 4`) tasks are simply large contiguous row ranges.
+//! task, every group of up to [`GROUP`] activation rows is multiplied with all of the
+//! task's weight rows by [`Tile`] kernel calls of 1, 2, 4 or 8 rows, which unpack each
+//! weight block once for all their rows. The task's weight rows are sized to stay in L1
+//! while the activation groups stream past, so for prefill each weight byte comes from
+//! memory once per task rather than once per activation row. For decode (one activation
+//! group) tasks are simply large contiguous row ranges, a few per thread; products too
+//! small to be worth waking the pool for run on the calling thread.
+//!
+//! Nothing is allocated per call: the quantized activations live in a thread-local
+//! scratch buffer that only grows.
 
 use rayon::prelude::*;
 
 use super::quant::{ActFormat, ActRow, QActs};
 use super::{dot_scalar, Isa, QWeight};
 
-/// One kernel call: `rows` consecutive weight rows against `nr` (1..=4) activation rows.
+/// Activation rows per group (the largest tile; one panel group).
+pub const GROUP: usize = super::quant::PANEL_ROWS;
+
+/// One kernel call: `rows` consecutive weight rows against `nr` activation rows
+/// (1, 2, 4, or 8 where [`max_tile_rows`] allows).
 ///
 /// Contract (what the `unsafe` kernels rely on): `w.len() >= rows · row_bytes`, `row_bytes`
 /// is a whole number of blocks, and each of `acts[..nr]` holds the quants, scales and sums
 /// of one activation row of `row_bytes / type_size · block_size` values in the weight's
-/// [`ActFormat`]. The output for weight row `j`, activation row `r` goes to `y[r·ldy + j]`.
+/// [`ActFormat`]. With `panel`, those rows are also consecutive rows of one panel group
+/// of [`super::quant::Panels`] holding all their full chunks, and `panel` points at the
+/// first one. The output for weight row `j`, activation row `r` goes to `y[r·ldy + j]`.
 #[derive(Clone, Copy)]
 pub struct Tile<'a> {
     pub w: &'a [u8],
     pub row_bytes: usize,
     pub rows: usize,
-    pub acts: [ActRow<'a>; 4],
+    pub acts: [ActRow<'a>; GROUP],
     pub nr: usize,
+    /// SIMD B32 prefill: the activation panels of the tile's first row
+    /// ([`QActs::panel_row`]); its rows are consecutive rows of one panel group.
+    pub panel: Option<PanelRef>,
+}
+
+/// Panel pointers `(quants, scales, sums)` of one activation row, see [`super::quant::Panels`].
+#[derive(Clone, Copy)]
+pub struct PanelRef {
+    pub q: *const i8,
+    pub d: *const f32,
+    pub s: *const f32,
+}
+
+impl PanelRef {
+    /// The same for the row `r` rows further on (within the panel group).
+    fn row(self, r: usize) -> PanelRef {
+        use super::quant::PANEL_Q;
+        PanelRef { q: self.q.wrapping_add(r * PANEL_Q), d: self.d.wrapping_add(r * 8), s: self.s.wrapping_add(r * 8) }
+    }
 }
 
 /// Bytes of weight rows a prefill task keeps hot while activation groups stream past.
@@ -75,24 +105,49 @@ pub fn quantize_acts(isa: Isa, acts: &mut QActs, format: ActFormat, x: &[f32], m
     }
 }
 
-/// Run one tile with `isa`.
+/// The tallest tile a kernel takes: 8 rows where its registers allow (AVX-512's 32 vector
+/// registers and the interleaved 32-value kernels), else 4.
+pub fn max_tile_rows(isa: Isa, panels: bool) -> usize {
+    if isa == Isa::Avx512Vnni && panels {
+        8
+    } else {
+        4
+    }
+}
+
+/// Run the rows of `tl` with `isa`, as tiles of 8, 4, 2 and 1 rows.
 fn run_tile(isa: Isa, w: &QWeight, tl: &Tile<'_>, y: *mut f32, ldy: usize) {
-    match isa {
-        // SAFETY: `isa` was checked available (Isa::check); the tile is built by `matmul_into`
-        // within the bounds it validated; `y` has room for nr rows of stride ldy.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { super::x86::avx2::tile(w.dtype(), tl, y, ldy) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { super::x86::vnni::tile(w.dtype(), tl, y, ldy) },
-        _ => {
-            for j in 0..tl.rows {
-                let row = &tl.w[j * tl.row_bytes..(j + 1) * tl.row_bytes];
-                for r in 0..tl.nr {
-                    // SAFETY: as above, y[r·ldy + j] is inside this tile's output.
-                    unsafe { *y.add(r * ldy + j) = dot_scalar::dot(w.dtype(), row, tl.acts[r]) };
+    let max = max_tile_rows(isa, tl.panel.is_some());
+    let mut r0 = 0;
+    while r0 < tl.nr {
+        let nr = [8, 4, 2, 1].into_iter().find(|&n| n <= max && n <= tl.nr - r0).unwrap();
+        let sub = Tile {
+            acts: std::array::from_fn(|r| tl.acts[(r0 + r).min(GROUP - 1)]),
+            nr,
+            panel: tl.panel.map(|p| p.row(r0)),
+            ..*tl
+        };
+        // SAFETY: rows r0.. of the tile's output.
+        let ys = unsafe { y.add(r0 * ldy) };
+        match isa {
+            // SAFETY: `isa` is available (checked by the caller); the tile is built by
+            // `matmul_into` within the bounds it validated; `ys` has room for nr rows of
+            // stride ldy.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { super::x86::avx2::tile(w.dtype(), &sub, ys, ldy) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { super::x86::vnni::tile(w.dtype(), &sub, ys, ldy) },
+            _ => {
+                for j in 0..sub.rows {
+                    let row = &sub.w[j * sub.row_bytes..(j + 1) * sub.row_bytes];
+                    for r in 0..nr {
+                        // SAFETY: as above, ys[r·ldy + j] is inside this tile's output.
+                        unsafe { *ys.add(r * ldy + j) = dot_scalar::dot(w.dtype(), row, sub.acts[r]) };
+                    }
                 }
             }
         }
+        r0 += nr;
     }
 }
 
@@ -107,10 +162,15 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f
     let format = ActFormat::for_weight(w.dtype()).expect("QWeight holds a kernel type");
     let mut acts = SCRATCH.with(|s| s.take());
     quantize_acts(isa, &mut acts, format, x, m, k);
+    // Prefill: the SIMD 32-value kernels save a horizontal reduction per row and 8 blocks
+    // on interleaved activations (decode keeps the plain layout, which is cheaper there).
+    if m > 1 && format == ActFormat::B32 && isa != Isa::Scalar {
+        acts.interleave();
+    }
 
     let row_bytes = w.row_bytes();
     let data = w.data();
-    let groups = m.div_ceil(4);
+    let groups = m.div_ceil(GROUP);
     let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
     // Weight rows per task: decode splits rows evenly; prefill keeps a task's rows in L1.
     let wr = if groups == 1 {
@@ -131,14 +191,18 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f
         let (tw, ta) = (t % n_w, t / n_w);
         let (j0, j1) = (tw * wr, ((tw + 1) * wr).min(n));
         for g in ta * ga..((ta + 1) * ga).min(groups) {
-            let a0 = 4 * g;
-            let nr = (m - a0).min(4);
+            let a0 = GROUP * g;
+            let nr = (m - a0).min(GROUP);
             let tl = Tile {
                 w: &data[j0 * row_bytes..j1 * row_bytes],
                 row_bytes,
                 rows: j1 - j0,
                 acts: std::array::from_fn(|r| shared.row(a0 + r.min(nr - 1))),
                 nr,
+                panel: shared.interleaved.then(|| {
+                    let (q, d, s) = shared.panel_row(a0);
+                    PanelRef { q, d, s }
+                }),
             };
             // SAFETY: element (a0 + r, j0 + j) of y, r < nr, j < j1 − j0, is in bounds and
             // written by this task only.

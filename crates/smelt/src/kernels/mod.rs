@@ -3,12 +3,15 @@
 //!
 //! - [`QWeight`]: a zero-copy view of a quantized `(rows, cols)` matrix in the file.
 //! - [`QWeight::matmul_into`] / [`QWeight::forward`]: quantize each activation row once to
-//!   8 bits ([`quant`]), then integer dot products per block ([`dot_scalar`], [`x86`]),
-//!   tiled and spread over rayon's pool ([`matmul`]).
+//!   8 bits ([`quant`]), then integer dot products per block ([`dot_scalar`], the x86
+//!   SIMD kernels in `x86/`), tiled and spread over rayon's pool ([`matmul`]).
 //! - [`Isa`]: the instruction set used, detected once at run time (override with
 //!   `SMELT_KERNEL_ISA=scalar|avx2|vnni`, e.g. to compare).
+//! - [`blocks`]: the ggml block layouts and scalar dequantization (embedding lookups).
 //!
 //! Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K. Others are left to candle.
+//! Every SIMD kernel is tested against the scalar one, and the scalar one against the
+//! dequantized weights (see [`testing`] for the error bounds).
 
 pub mod blocks;
 pub mod dot_scalar;

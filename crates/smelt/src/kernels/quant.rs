@@ -9,7 +9,8 @@
 //!   of each run of 16 quants (ggml's Q8_K), which carry the K-quants' mins and offsets.
 //!
 //! Both use `d = amax/127`, `q = round_ties_even(x/d)` in −127..=127, so
-//! `|x − d·q| ≤ d/2` for every value. The SIMD versions compute bit-identical results.
+//! `|x − d·q| ≤ d/2` for every value. The SIMD versions compute bit-identical results
+//! (for finite input; a block with a NaN gets `d = NaN`, whatever its quants).
 
 use super::blocks::{QK, QK_K};
 use crate::load::gguf::GgmlType;
@@ -46,6 +47,9 @@ pub struct QActs {
     pub format: ActFormat,
     pub m: usize,
     pub k: usize,
+    /// B32 only: [`Panels`] were built (SIMD prefill kernels).
+    pub interleaved: bool,
+    pub panels: Panels,
     /// `(m, k)` quants.
     pub qs: Vec<i8>,
     /// `(m, k / block)` scales.
@@ -54,6 +58,26 @@ pub struct QActs {
     pub s: Vec<f32>,
     /// K256 only: `(m, k / 16)`, Σq of each run of 16.
     pub bsums: Vec<i16>,
+}
+
+/// Rows per activation panel.
+pub const PANEL_ROWS: usize = 8;
+/// Quants per row and chunk (8 blocks of 32).
+pub const PANEL_Q: usize = 8 * QK;
+
+/// B32 activations re-laid for the SIMD prefill kernels, so that a tile of up to 8 rows
+/// reads everything from three base pointers plus constant offsets (no per-row pointers
+/// competing for registers). For row group `g` (rows `8g..8g+8`) and chunk `c` (blocks
+/// `8c..8c+8`, full chunks only), row `r` of the group has at index `(g·nc + c)·8 + r`:
+/// 256 quants, dword-interleaved by [`interleave8`], in `q` (×256), and the 8 block
+/// scales and sums in `d` and `s` (×8). Chunk `c + 1` of a row is 8 rows further on.
+#[derive(Debug, Default, Clone)]
+pub struct Panels {
+    /// Full chunks per row (`nb / 8`).
+    pub chunks: usize,
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
 }
 
 /// One quantized activation row.
@@ -73,6 +97,7 @@ impl QActs {
         self.format = format;
         self.m = m;
         self.k = k;
+        self.interleaved = false;
         self.qs.resize(m * k, 0);
         self.d.resize(m * nb, 0.0);
         let (ns, nbs) = match format {
@@ -103,19 +128,71 @@ impl QActs {
         }
     }
 
-    /// Dequantized row `i` (tests).
+    /// Build the [`Panels`] of the rows (B32 only). The plain arrays stay valid; the
+    /// kernels read leftover blocks (past the last full chunk) from them.
+    pub fn interleave(&mut self) {
+        assert!(self.format == ActFormat::B32);
+        let nb = self.k / QK;
+        let nc = nb / 8;
+        let groups = self.m.div_ceil(PANEL_ROWS);
+        let p = &mut self.panels;
+        p.chunks = nc;
+        p.q.resize(groups * nc * PANEL_ROWS * PANEL_Q, 0);
+        p.d.resize(groups * nc * PANEL_ROWS * 8, 0.0);
+        p.s.resize(groups * nc * PANEL_ROWS * 8, 0.0);
+        for r in 0..self.m {
+            for c in 0..nc {
+                let at = ((r / PANEL_ROWS * nc + c) * PANEL_ROWS + r % PANEL_ROWS) * 8;
+                let q = &mut p.q[at * QK..(at + 8) * QK];
+                q.copy_from_slice(&self.qs[r * self.k + c * PANEL_Q..r * self.k + (c + 1) * PANEL_Q]);
+                interleave8(q);
+                p.d[at..at + 8].copy_from_slice(&self.d[r * nb + 8 * c..r * nb + 8 * c + 8]);
+                p.s[at..at + 8].copy_from_slice(&self.s[r * nb + 8 * c..r * nb + 8 * c + 8]);
+            }
+        }
+        self.interleaved = true;
+    }
+
+    /// Panel pointers of row `i`: `(quants, scales, sums)` of its first chunk.
+    pub fn panel_row(&self, i: usize) -> (*const i8, *const f32, *const f32) {
+        let p = &self.panels;
+        let at = (i / PANEL_ROWS * p.chunks * PANEL_ROWS + i % PANEL_ROWS) * 8;
+        // wrapping_add: a row with no full chunk has an empty (never read) panel.
+        (p.q.as_ptr().wrapping_add(at * QK), p.d.as_ptr().wrapping_add(at), p.s.as_ptr().wrapping_add(at))
+    }
+
+    /// Dequantized row `i` (tests; not for interleaved rows).
     pub fn dequantize_row(&self, i: usize) -> Vec<f32> {
+        assert!(!self.interleaved);
         let r = self.row(i);
         let bs = self.format.block();
         r.qs.iter().enumerate().map(|(j, &q)| r.d[j / bs] * q as f32).collect()
     }
 }
 
-/// Quantize one block of values into `q`; returns its scale `d`.
+/// Reorder each full group of 8 blocks of 32 quants (256 bytes) so that dword `i` of
+/// block `b` moves to dword `8·i + b`: then dword lane `b` of the `i`-th 32-byte vector
+/// belongs to block `b`, and summing `u8×i8` dot products over the 8 vectors leaves one
+/// block per lane. Leftover blocks (fewer than 8) stay in place.
+pub fn interleave8(qs: &mut [i8]) {
+    for g in qs.chunks_exact_mut(8 * QK) {
+        let mut t = [0i8; 8 * QK];
+        for b in 0..8 {
+            for i in 0..8 {
+                t[32 * i + 4 * b..32 * i + 4 * b + 4].copy_from_slice(&g[32 * b + 4 * i..32 * b + 4 * i + 4]);
+            }
+        }
+        g.copy_from_slice(&t);
+    }
+}
+
+/// Quantize one block of values into `q`; returns its scale `d`. A NaN anywhere in the
+/// block makes `d` NaN (its quants are then unspecified), so it reaches the output
+/// instead of being rounded away.
 #[inline]
 fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+    let d = if x.iter().any(|v| v.is_nan()) { f32::NAN } else { amax / 127.0 };
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(x) {
         *q = (v * id).round_ties_even() as i8;

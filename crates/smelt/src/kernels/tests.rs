@@ -98,7 +98,11 @@ fn scalar_dot_equals_dequantized_product() {
 #[test]
 fn simd_kernels_match_scalar_reference() {
     let mut rng = Rng::new(4);
-    let mut checked = 0;
+    let simd: Vec<Isa> = Isa::available().into_iter().filter(|&i| i != Isa::Scalar).collect();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        assert!(simd.contains(&Isa::Avx2), "AVX2 kernels not available on an AVX2 machine");
+    }
     for t in TYPES {
         let format = ActFormat::for_weight(t).unwrap();
         // Odd sizes, plus two large enough for the parallel path (prefill and decode).
@@ -110,9 +114,9 @@ fn simd_kernels_match_scalar_reference() {
                 }
             }
         }
-        // Past 8 blocks (the 32-value kernels batch 8) for every tile height 1..=4.
+        // Past 8 blocks (the 32-value kernels batch 8) for every tile height and mix of them.
         let big = if t.block_size() == 32 { 17 } else { 2 };
-        for m in 1..=4 {
+        for m in [1, 2, 3, 4, 7, 8] {
             shapes.push((m, 5, big));
         }
         shapes.push((1, 515, 2048 / t.block_size()));
@@ -126,7 +130,7 @@ fn simd_kernels_match_scalar_reference() {
             let mut acts = QActs::default();
             quantize_scalar(&mut acts, format, &x, m, k);
             let wf = w.to_f32();
-            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+            for &isa in &simd {
                 let mut got = vec![f32::NAN; m * n];
                 w.matmul_with(isa, &x, m, &mut got).unwrap();
                 for i in 0..m {
@@ -137,13 +141,8 @@ fn simd_kernels_match_scalar_reference() {
                         assert!((g - e).abs() <= tol, "{isa:?} {t} m={m} n={n} k={k} [{i},{j}]: {g} vs {e} (tol {tol:e})");
                     }
                 }
-                checked += 1;
             }
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        assert!(checked > 0, "no SIMD kernel was tested on an AVX2 machine");
     }
 }
 
@@ -160,4 +159,47 @@ fn rejects_bad_shapes_and_types() {
     let mut y = [1.0; 2];
     w.matmul_into(&[1.0; 32], 1, &mut y).unwrap();
     assert_eq!(y, [0.0, 0.0]);
+}
+
+#[test]
+fn nan_activations_give_nan_outputs() {
+    let mut rng = Rng::new(5);
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let (m, n, k) = (3, 9, 512);
+        let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap();
+        let mut x = random_acts(&mut rng, m * k);
+        x[k + 300] = f32::NAN; // row 1 only
+        for isa in Isa::available() {
+            let mut y = vec![0f32; m * n];
+            w.matmul_with(isa, &x, m, &mut y).unwrap();
+            for (i, row) in y.chunks(n).enumerate() {
+                assert!(row.iter().all(|v| v.is_nan() == (i == 1)), "{isa:?} {t} row {i}: {row:?}");
+            }
+        }
+    }
+}
+
+/// A row's result does not depend on the batch it is computed in (decode vs prefill,
+/// tile height, position in the group): prefix caching and batched serving rely on it.
+#[test]
+fn results_do_not_depend_on_the_batch() {
+    let mut rng = Rng::new(6);
+    for t in TYPES {
+        // 74 blocks of 32 (9 chunks and 2 leftovers) or 9 super-blocks.
+        let (m, n, k) = (19, 21, if t.block_size() == 32 { 2368 } else { 2304 });
+        let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap();
+        let x = random_acts(&mut rng, m * k);
+        for isa in Isa::available() {
+            let mut batch = vec![0f32; m * n];
+            w.matmul_with(isa, &x, m, &mut batch).unwrap();
+            for i in 0..m {
+                let mut one = vec![0f32; n];
+                w.matmul_with(isa, &x[i * k..(i + 1) * k], 1, &mut one).unwrap();
+                assert_eq!(one, batch[i * n..(i + 1) * n], "{isa:?} {t} row {i}: alone vs in a batch of {m}");
+            }
+            let mut three = vec![0f32; 3 * n];
+            w.matmul_with(isa, &x[5 * k..8 * k], 3, &mut three).unwrap();
+            assert_eq!(three, batch[5 * n..8 * n], "{isa:?} {t}: rows 5..8 as a batch of 3");
+        }
+    }
 }

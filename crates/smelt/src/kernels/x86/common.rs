@@ -74,6 +74,39 @@ macro_rules! common {
             )
         }
 
+        /// 8×8 transpose of i32 lanes: lane `b` of `out[i]` is lane `i` of `v[b]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn transpose8(v: &[__m256i; 8]) -> [__m256i; 8] {
+            let a0 = _mm256_unpacklo_epi32(v[0], v[1]);
+            let a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+            let a2 = _mm256_unpacklo_epi32(v[2], v[3]);
+            let a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+            let a4 = _mm256_unpacklo_epi32(v[4], v[5]);
+            let a5 = _mm256_unpackhi_epi32(v[4], v[5]);
+            let a6 = _mm256_unpacklo_epi32(v[6], v[7]);
+            let a7 = _mm256_unpackhi_epi32(v[6], v[7]);
+            // b0: lanes 0 of v0..v3 | lanes 4 of v0..v3, b1: lanes 1 | 5, b2: 2 | 6, b3: 3 | 7
+            let b0 = _mm256_unpacklo_epi64(a0, a2);
+            let b1 = _mm256_unpackhi_epi64(a0, a2);
+            let b2 = _mm256_unpacklo_epi64(a1, a3);
+            let b3 = _mm256_unpackhi_epi64(a1, a3);
+            let b4 = _mm256_unpacklo_epi64(a4, a6);
+            let b5 = _mm256_unpackhi_epi64(a4, a6);
+            let b6 = _mm256_unpacklo_epi64(a5, a7);
+            let b7 = _mm256_unpackhi_epi64(a5, a7);
+            [
+                _mm256_permute2x128_si256::<0x20>(b0, b4),
+                _mm256_permute2x128_si256::<0x20>(b1, b5),
+                _mm256_permute2x128_si256::<0x20>(b2, b6),
+                _mm256_permute2x128_si256::<0x20>(b3, b7),
+                _mm256_permute2x128_si256::<0x31>(b0, b4),
+                _mm256_permute2x128_si256::<0x31>(b1, b5),
+                _mm256_permute2x128_si256::<0x31>(b2, b6),
+                _mm256_permute2x128_si256::<0x31>(b3, b7),
+            ]
+        }
+
         /// The low (`HIGH = false`) or high 16 bits of each i32 lane, as 8 widened f16.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -107,15 +140,23 @@ macro_rules! common {
             i
         }
 
+        /// max |x| over `n` values (a multiple of 8), or NaN when one of them is NaN.
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn amax(x: *const f32, n: usize) -> f32 {
             let sign = _mm256_set1_ps(-0.0);
             let mut m = _mm256_setzero_ps();
+            let mut nan = _mm256_setzero_ps();
             for i in (0..n).step_by(8) {
-                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x.add(i))));
+                let v = _mm256_loadu_ps(x.add(i));
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
             }
-            hmax_ps(m)
+            if _mm256_movemask_ps(nan) != 0 {
+                f32::NAN
+            } else {
+                hmax_ps(m)
+            }
         }
 
         /// SIMD twin of `quant::quantize_row_b32` (same results, bit for bit).
@@ -158,7 +199,8 @@ macro_rules! common {
             }
         }
 
-        /// Run one tile with this ISA's kernel for `t`.
+        /// Run one tile of 1, 2 or 4 rows (8 for the interleaved 32-value kernels with VNNI)
+        /// with this ISA's kernel for `t`.
         ///
         /// # Safety
         /// The CPU has this module's features and `tl`, `y`, `ldy` satisfy [`Tile`]'s contract.
@@ -169,17 +211,31 @@ macro_rules! common {
                     match tl.nr {
                         1 => $f::<{ $t }, 1>(tl, y, ldy),
                         2 => $f::<{ $t }, 2>(tl, y, ldy),
-                        3 => $f::<{ $t }, 3>(tl, y, ldy),
-                        _ => $f::<{ $t }, 4>(tl, y, ldy),
+                        4 => $f::<{ $t }, 4>(tl, y, ldy),
+                        n => unreachable!("{n}-row tile"),
+                    }
+                };
+            }
+            macro_rules! b32_by_nr {
+                ($t:expr) => {
+                    match (tl.panel.is_some(), tl.nr) {
+                        (false, 1) => b32::<{ $t }, 1, false>(tl, y, ldy),
+                        (false, 2) => b32::<{ $t }, 2, false>(tl, y, ldy),
+                        (false, 4) => b32::<{ $t }, 4, false>(tl, y, ldy),
+                        (true, 1) => b32::<{ $t }, 1, true>(tl, y, ldy),
+                        (true, 2) => b32::<{ $t }, 2, true>(tl, y, ldy),
+                        (true, 4) => b32::<{ $t }, 4, true>(tl, y, ldy),
+                        (true, 8) if HAS_VNNI => b32::<{ $t }, 8, true>(tl, y, ldy),
+                        (il, n) => unreachable!("{n}-row tile (interleaved: {il})"),
                     }
                 };
             }
             match t {
-                GgmlType::Q4_0 => by_nr!(b32, Q4_0),
-                GgmlType::Q4_1 => by_nr!(b32, Q4_1),
-                GgmlType::Q5_0 => by_nr!(b32, Q5_0),
-                GgmlType::Q5_1 => by_nr!(b32, Q5_1),
-                GgmlType::Q8_0 => by_nr!(b32, Q8_0),
+                GgmlType::Q4_0 => b32_by_nr!(Q4_0),
+                GgmlType::Q4_1 => b32_by_nr!(Q4_1),
+                GgmlType::Q5_0 => b32_by_nr!(Q5_0),
+                GgmlType::Q5_1 => b32_by_nr!(Q5_1),
+                GgmlType::Q8_0 => b32_by_nr!(Q8_0),
                 GgmlType::Q4_K => by_nr!(q45k, kq::Q4_K),
                 GgmlType::Q5_K => by_nr!(q45k, kq::Q5_K),
                 GgmlType::Q6_K => by_nr!(q6k, kq::Q6_K),
