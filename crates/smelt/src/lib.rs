@@ -8,7 +8,9 @@
 
 pub mod cli;
 pub mod constrain;
+pub mod data;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod hub;
 pub mod kernels;
@@ -18,4 +20,5 @@ pub mod sample;
 pub mod serve;
 pub mod template;
 pub mod tokenize;
+pub mod train;
 pub mod util;

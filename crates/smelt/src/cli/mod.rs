@@ -2,11 +2,15 @@
 
 mod args;
 mod chat;
+mod data;
+mod export;
 mod info;
 mod models;
 mod perplexity;
 mod run;
 mod serve;
+mod tokenizer;
+mod train;
 
 use std::process::ExitCode;
 
@@ -48,6 +52,16 @@ pub enum Command {
     List(models::ListArgs),
     /// Remove a cached model.
     Rm(models::RmArgs),
+    /// Train a tokenizer on a corpus.
+    Tokenizer(tokenizer::TokenizerArgs),
+    /// Prepare training data: tokenize, deduplicate, split, shard.
+    Data(data::DataArgs),
+    /// Train a Llama-architecture model from scratch on prepared data.
+    Train(train::TrainArgs),
+    /// Measure training throughput (tokens/s) for a model shape on random tokens.
+    BenchTrain(train::BenchTrainArgs),
+    /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
+    Export(export::ExportArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -86,9 +100,18 @@ pub fn main() -> ExitCode {
         Command::Pull(a) => models::pull(a),
         Command::List(a) => models::list(a),
         Command::Rm(a) => models::rm(a),
+        Command::Tokenizer(a) => tokenizer::tokenizer(a),
+        Command::Data(a) => data::data(a),
+        Command::Train(a) => train::train(a),
+        Command::BenchTrain(a) => train::bench(a),
+        Command::Export(a) => export::export(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<crate::train::Interrupted>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             // One line: the chain of causes joined with ": ".
             let msg = format!("{e:#}").replace('\n', " ");

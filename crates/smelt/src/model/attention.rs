@@ -85,6 +85,12 @@ impl Attention {
             None => (k, v),
         };
         let t = k.dims()[2];
+        if q.track_op() && self.softcap.is_none() && self.sliding_window.is_none() {
+            // Training: fused causal attention with its backward pass (the path below is its oracle).
+            let out = crate::train::kernels::attention::attention(&q, &k, &v, self.scale)?; // (1, nh, s, hd)
+            let out = out.transpose(1, 2)?.reshape((s, nh * hd))?;
+            return self.o.forward(&out);
+        }
 
         // Fold the query heads that share a kv head into the row axis:
         // (1, nh, s, hd) -> (1, nkv, rep*s, hd), so no kv copy is needed for GQA.
@@ -96,7 +102,12 @@ impl Attention {
         if let Some(mask) = attention_mask(s, t - s, self.sliding_window, rep, x.device())? {
             scores = scores.broadcast_add(&mask)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if scores.track_op() {
+            // softmax_last_dim has no backward pass; the composite softmax has.
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let out = probs.matmul(&v.contiguous()?)?; // (1, nkv, rep*s, hd)
         let out = out.reshape((1, nh, s, hd))?.transpose(1, 2)?.reshape((s, nh * hd))?;
         self.o.forward(&out)

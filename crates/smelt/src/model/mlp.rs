@@ -31,6 +31,10 @@ impl Mlp {
                 (gu.narrow(1, 0, ff)?, gu.narrow(1, ff, ff)?)
             }
         };
+        if self.activation == Activation::Silu && (gate.track_op() || up.track_op()) {
+            // Training: fused silu(gate) · up with its backward pass.
+            return self.down.forward(&crate::train::kernels::swiglu::swiglu(&gate, &up)?);
+        }
         let act = match self.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,

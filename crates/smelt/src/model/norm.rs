@@ -20,7 +20,8 @@ impl RmsNorm {
     /// Normalise over the last dimension of `x: (..., d)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.track_op() || self.weight.track_op() {
-            Ok(rms_norm_reference(x, &self.weight, self.eps)?)
+            // Training: the fused kernel with its backward pass (rms_norm_reference is its oracle).
+            Ok(crate::train::kernels::rmsnorm::rms_norm(x, &self.weight, self.eps)?)
         } else {
             Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
         }

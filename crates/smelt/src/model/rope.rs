@@ -113,8 +113,8 @@ impl Rope {
         Ok(match (self.layout, training) {
             (RopeLayout::Half, false) => candle_nn::rotary_emb::rope(x, cos, sin)?,
             (RopeLayout::Interleaved, false) => candle_nn::rotary_emb::rope_i(x, cos, sin)?,
-            (RopeLayout::Half, true) => rope_half_reference(x, cos, sin)?,
-            (RopeLayout::Interleaved, true) => rope_interleaved_reference(x, cos, sin)?,
+            // Training: the fused kernel with its backward pass (the references are its oracle).
+            (layout, true) => crate::train::kernels::rope::rope(x, cos, sin, x.dim(D::Minus1)?, layout)?,
         })
     }
 }

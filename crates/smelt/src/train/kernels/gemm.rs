@@ -1,0 +1,95 @@
+//! Strided single-threaded matrix products for kernels that parallelise at a coarser level
+//! (per attention head), over the `gemm` crate candle uses for its own matmuls.
+
+/// A matrix view: `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat {
+    pub ptr: *const f32,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl Mat {
+    /// Row-major `rows × cols` starting at `data[0]`.
+    pub fn rows(data: &[f32], rows: usize, cols: usize) -> Mat {
+        assert!(data.len() >= rows * cols);
+        Mat { ptr: data.as_ptr(), rows, cols, rs: cols as isize, cs: 1 }
+    }
+
+    pub fn t(self) -> Mat {
+        Mat { ptr: self.ptr, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// `dst (m × n, row-major) = scale · a (m × k) · b (k × n)`, added to `dst` when `accumulate`.
+pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool) {
+    matmul_with(dst, a, b, scale, accumulate, gemm::Parallelism::None)
+}
+
+/// [`matmul`] spread over rayon's threads (for one large product).
+pub fn matmul_par(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool) {
+    let n = rayon::current_num_threads();
+    let par = if n > 1 { gemm::Parallelism::Rayon(n) } else { gemm::Parallelism::None };
+    matmul_with(dst, a, b, scale, accumulate, par)
+}
+
+fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool, par: gemm::Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions differ");
+    assert!(dst.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the views were built from slices large enough for their shapes and strides
+    // (checked by `Mat::rows`), and dst holds m × n values.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposed_views_and_accumulation() {
+        let a: Vec<f32> = (0..6).map(|x| x as f32).collect(); // 2×3
+        let b: Vec<f32> = (0..12).map(|x| x as f32 * 0.5).collect(); // 4×3, used transposed
+        let mut c = vec![1.0f32; 8];
+        matmul(&mut c, Mat::rows(&a, 2, 3), Mat::rows(&b, 4, 3).t(), 2.0, true);
+        for i in 0..2 {
+            for j in 0..4 {
+                let want: f32 = 1.0 + 2.0 * (0..3).map(|k| a[i * 3 + k] * b[j * 3 + k]).sum::<f32>();
+                assert_eq!(c[i * 4 + j], want);
+            }
+        }
+    }
+}

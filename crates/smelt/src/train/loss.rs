@@ -1,0 +1,348 @@
+//! Cross-entropy over the vocabulary, fused.
+//!
+//! * [`lm_head_cross_entropy`]: the output projection and the loss in one op. Logits are
+//!   computed `HEAD_ROWS` rows at a time; each block is turned in place into its gradient
+//!   `(softmax − onehot) / n`, which is immediately multiplied back into the gradients of the
+//!   hidden states and of the projection. The `(tokens, vocab)` logits never exist whole
+//!   (for llama2.c's stories15M shape that is 262 MB, twice, per step).
+//! * [`cross_entropy`]: the loss of given logits, one pass per row.
+//!
+//! The plain candle path (matmul, log_softmax, gather, mean) is the test oracle.
+
+use std::sync::Mutex;
+
+use anyhow::{bail, Result};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kernels::gemm::{matmul_par, Mat};
+use super::simd::{exp, multiversion};
+
+/// Targets with this value are skipped (not counted in the mean).
+pub const IGNORE: u32 = u32::MAX;
+
+/// Rows per parallel task: fixed, so results do not depend on the thread count.
+const ROWS_PER_TASK: usize = 8;
+
+multiversion! {
+    /// One row: returns `(max, Σ exp(x - max))`; writes `exp(x - max)` into `e`.
+    fn row_exp(x: &[f32], e: &mut [f32]) -> (f32, f32) {
+        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        // 16 partial sums (vector lanes), added in a fixed order.
+        let mut acc = [0f32; 16];
+        let mut xc = x.chunks_exact(16);
+        let mut ec = e.chunks_exact_mut(16);
+        for (xs, es) in (&mut xc).zip(&mut ec) {
+            for i in 0..16 {
+                let v = exp(xs[i] - m);
+                es[i] = v;
+                acc[i] += v;
+            }
+        }
+        let mut s: f32 = 0.0;
+        for (xv, ev) in xc.remainder().iter().zip(ec.into_remainder()) {
+            *ev = exp(*xv - m);
+            s += *ev;
+        }
+        (m, acc.iter().sum::<f32>() + s)
+    }
+}
+
+multiversion! {
+    fn scale_row(e: &mut [f32], k: f32) {
+        for v in e.iter_mut() {
+            *v *= k;
+        }
+    }
+}
+
+multiversion! {
+    /// One row in place: returns its loss; with `grad`, the row becomes
+    /// `(softmax − onehot(t)) · inv`.
+    fn ce_row_inplace(x: &mut [f32], t: usize, inv: f32, grad: bool) -> f64 {
+        let xt = x[t];
+        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut acc = [0f32; 16];
+        let mut c = x.chunks_exact_mut(16);
+        for xs in &mut c {
+            for i in 0..16 {
+                let v = exp(xs[i] - m);
+                xs[i] = v;
+                acc[i] += v;
+            }
+        }
+        let mut tail = 0f32;
+        for v in c.into_remainder() {
+            *v = exp(*v - m);
+            tail += *v;
+        }
+        let sum = acc.iter().sum::<f32>() + tail;
+        if grad {
+            let k = inv / sum;
+            for v in x.iter_mut() {
+                *v *= k;
+            }
+            x[t] -= inv;
+        }
+        (m as f64 + (sum as f64).ln()) - xt as f64
+    }
+}
+
+/// Rows of logits the fused head computes at a time.
+const HEAD_ROWS: usize = 256;
+
+/// The fused output projection + cross-entropy: `h (n, d)`, `w (vocab, d)` → mean loss.
+struct LmHeadCrossEntropy {
+    targets: Vec<u32>,
+    want_grad: bool,
+    /// (dh, dw) of the mean loss, computed in the forward pass.
+    grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl candle_core::CustomOp2 for LmHeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-lm-head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, hs: &CpuStorage, hl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = super::kernels::f32_data(hs, hl, "lm head")?;
+        let w = super::kernels::f32_data(ws, wl, "lm head")?;
+        let (n, d) = hl.shape().dims2()?;
+        let (vocab, wd) = wl.shape().dims2()?;
+        if wd != d || n != self.targets.len() {
+            candle_core::bail!("lm head: hidden {:?}, weight {:?}, {} targets", hl.dims(), wl.dims(), self.targets.len());
+        }
+        if let Some(&t) = self.targets.iter().find(|&&t| t != IGNORE && t as usize >= vocab) {
+            candle_core::bail!("cross-entropy: target {t} outside the vocabulary of {vocab}");
+        }
+        let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
+        let inv = if counted > 0 { 1.0 / counted as f32 } else { 0.0 };
+        let mut logits = vec![0f32; HEAD_ROWS.min(n) * vocab];
+        let (mut dh, mut dw) = if self.want_grad { (vec![0f32; n * d], vec![0f32; vocab * d]) } else { (Vec::new(), Vec::new()) };
+        let mut total = 0f64;
+        for (ci, r0) in (0..n).step_by(HEAD_ROWS).enumerate() {
+            let rows = HEAD_ROWS.min(n - r0);
+            let lg = &mut logits[..rows * vocab];
+            let hc = &h[r0 * d..(r0 + rows) * d];
+            matmul_par(lg, Mat::rows(hc, rows, d), Mat::rows(w, vocab, d).t(), 1.0, false); // (rows, vocab)
+            let targets = &self.targets[r0..r0 + rows];
+            let losses: Vec<f64> = lg
+                .par_chunks_mut(vocab * ROWS_PER_TASK)
+                .zip(targets.par_chunks(ROWS_PER_TASK))
+                .map(|(block, ts)| {
+                    let mut sum = 0f64;
+                    for (row, &t) in block.chunks_mut(vocab).zip(ts) {
+                        if t == IGNORE {
+                            row.fill(0.0);
+                        } else {
+                            sum += ce_row_inplace(row, t as usize, inv, self.want_grad);
+                        }
+                    }
+                    sum
+                })
+                .collect();
+            total += losses.iter().sum::<f64>();
+            if self.want_grad {
+                // dh_c = dlogits_c · W (rows, d); dW += dlogits_cᵀ · h_c (vocab, d).
+                matmul_par(&mut dh[r0 * d..(r0 + rows) * d], Mat::rows(lg, rows, vocab), Mat::rows(w, vocab, d), 1.0, false);
+                matmul_par(&mut dw, Mat::rows(lg, rows, vocab).t(), Mat::rows(hc, rows, d), 1.0, ci > 0);
+            }
+        }
+        if self.want_grad {
+            *self.grads.lock().unwrap() = Some((dh, dw));
+        }
+        let mean = if counted > 0 { total / counted as f64 } else { 0.0 };
+        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, h: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some((mut dh, mut dw)) = self.grads.lock().unwrap().take() else {
+            candle_core::bail!("fused lm head: backward without a gradient (computed once per forward)");
+        };
+        let k = g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        if k != 1.0 {
+            scale_row(&mut dh, k);
+            scale_row(&mut dw, k);
+        }
+        Ok((Some(Tensor::from_vec(dh, h.shape(), h.device())?), Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
+    }
+}
+
+/// Mean next-token cross-entropy of `h (n, d) · wᵀ` (logits over a vocabulary of
+/// `w.dims()[0]`) against `targets`, without materialising the logits. Differentiable
+/// in `h` and `w` when they track gradients.
+pub fn lm_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let op = LmHeadCrossEntropy {
+        targets: targets.to_vec(),
+        want_grad: h.track_op() || w.track_op(),
+        grads: Mutex::new(None),
+    };
+    Ok(h.contiguous()?.apply_op2(&w.contiguous()?, op)?)
+}
+
+/// Mean cross-entropy of `logits: (n, vocab)` against `targets: (n)`, and optionally the
+/// gradient of that mean w.r.t. the logits. Returns `(mean loss, counted rows, grad)`.
+pub fn cross_entropy_rows(logits: &[f32], vocab: usize, targets: &[u32], want_grad: bool) -> Result<(f64, usize, Option<Vec<f32>>)> {
+    let n = targets.len();
+    if logits.len() != n * vocab {
+        bail!("cross-entropy: {} logits for {n} rows of {vocab}", logits.len());
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t != IGNORE && t as usize >= vocab) {
+        bail!("cross-entropy: target {t} outside the vocabulary of {vocab}");
+    }
+    let counted = targets.iter().filter(|&&t| t != IGNORE).count();
+    let inv = if counted > 0 { 1.0 / counted as f32 } else { 0.0 };
+    let mut losses = vec![0f64; n];
+    let mut grad = vec![0f32; if want_grad { n * vocab } else { 0 }];
+    let task = |(ci, (loss_chunk, grad_chunk)): (usize, (&mut [f64], &mut [f32]))| {
+        let mut scratch = if want_grad { Vec::new() } else { vec![0f32; vocab] };
+        for (j, loss) in loss_chunk.iter_mut().enumerate() {
+            let r = ci * ROWS_PER_TASK + j;
+            let t = targets[r];
+            if t == IGNORE {
+                continue; // loss 0, gradient row stays 0
+            }
+            let x = &logits[r * vocab..(r + 1) * vocab];
+            let e: &mut [f32] = if want_grad { &mut grad_chunk[j * vocab..(j + 1) * vocab] } else { &mut scratch };
+            let (m, s) = row_exp(x, e);
+            *loss = (m as f64 + (s as f64).ln()) - x[t as usize] as f64;
+            if want_grad {
+                scale_row(e, inv / s); // softmax / counted
+                e[t as usize] -= inv;
+            }
+        }
+    };
+    if want_grad {
+        losses
+            .par_chunks_mut(ROWS_PER_TASK)
+            .zip(grad.par_chunks_mut(ROWS_PER_TASK * vocab))
+            .enumerate()
+            .for_each(task);
+    } else {
+        losses
+            .par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(ci, lc)| task((ci, (lc, &mut []))));
+    }
+    let mean = if counted > 0 { losses.iter().sum::<f64>() / counted as f64 } else { 0.0 };
+    Ok((mean, counted, want_grad.then_some(grad)))
+}
+
+/// The fused op: `logits (n, vocab) -> scalar mean loss`; the gradient is computed in the
+/// forward pass and handed out (scaled by the incoming gradient) in the backward pass.
+struct CrossEntropyOp {
+    targets: Vec<u32>,
+    want_grad: bool,
+    grad: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp1 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, vocab) = layout.shape().dims2()?;
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused cross-entropy needs f32 logits");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused cross-entropy needs contiguous logits");
+        };
+        if n != self.targets.len() {
+            candle_core::bail!("cross-entropy: {n} logit rows for {} targets", self.targets.len());
+        }
+        let (mean, _, grad) = cross_entropy_rows(&data[start..end], vocab, &self.targets, self.want_grad)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        *self.grad.lock().unwrap() = grad;
+        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = self.grad.lock().unwrap().take();
+        let Some(mut g) = g else {
+            candle_core::bail!("fused cross-entropy: backward without a gradient (computed once per forward)");
+        };
+        let k = grad_res.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        if k != 1.0 {
+            scale_row(&mut g, k);
+        }
+        Ok(Some(Tensor::from_vec(g, arg.shape(), arg.device())?))
+    }
+}
+
+/// Mean cross-entropy of `logits: (n, vocab)` f32 against `targets` (fused kernel).
+/// Differentiable when `logits` tracks gradients.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let logits = logits.contiguous()?;
+    let op = CrossEntropyOp { targets: targets.to_vec(), want_grad: logits.track_op(), grad: Mutex::new(None) };
+    Ok(logits.apply_op1(op)?)
+}
+
+/// The plain candle path (log-softmax, gather, mean): the oracle for [`cross_entropy`].
+pub fn cross_entropy_reference(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let t = Tensor::from_slice(targets, targets.len(), logits.device())?;
+    Ok(candle_nn::loss::cross_entropy(logits, &t)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_matches_reference_loss_and_grad() {
+        let dev = Device::Cpu;
+        let (n, v) = (37, 101);
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (n, v), &dev).unwrap())).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % v as u32).collect();
+        let a = cross_entropy(x.as_tensor(), &targets).unwrap();
+        let b = cross_entropy_reference(x.as_tensor(), &targets).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5, "{a} vs {b}");
+        let ga = (a * 2.5).unwrap().backward().unwrap().remove(x.as_tensor()).unwrap();
+        let gb = (b * 2.5).unwrap().backward().unwrap().remove(x.as_tensor()).unwrap();
+        assert!(max_diff(&ga, &gb) < 1e-6, "{}", max_diff(&ga, &gb));
+    }
+
+    #[test]
+    fn fused_head_matches_matmul_then_reference() {
+        let dev = Device::Cpu;
+        // More rows than one block, and an ignored target.
+        let (n, d, v) = (300, 24, 53);
+        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
+        let mut targets: Vec<u32> = (0..n as u32).map(|i| (i * 31) % v as u32).collect();
+        targets[7] = IGNORE;
+        let a = lm_head_cross_entropy(&h, &w, &targets).unwrap();
+        let keep: Vec<u32> = (0..n as u32).filter(|&i| i != 7).collect();
+        let idx = Tensor::new(keep.as_slice(), &dev).unwrap();
+        let logits = h.as_tensor().matmul(&w.t().unwrap()).unwrap().index_select(&idx, 0).unwrap();
+        let kept: Vec<u32> = keep.iter().map(|&i| targets[i as usize]).collect();
+        let b = cross_entropy_reference(&logits, &kept).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5, "{a} vs {b}");
+        let ga = (&a * 3.0).unwrap().backward().unwrap();
+        let gb = (b * 3.0).unwrap().backward().unwrap();
+        for x in [&h, &w] {
+            crate::train::kernels::assert_close(ga.get(x).unwrap(), gb.get(x).unwrap(), 1e-5);
+        }
+        // Without gradients: the same loss.
+        let c = lm_head_cross_entropy(&h.as_tensor().detach(), &w.as_tensor().detach(), &targets).unwrap();
+        assert!(max_diff(&a.detach(), &c) < 1e-7);
+    }
+
+    #[test]
+    fn ignored_rows_and_bad_targets() {
+        let logits = vec![0f32; 3 * 4];
+        let (mean, counted, g) = cross_entropy_rows(&logits, 4, &[1, IGNORE, 2], true).unwrap();
+        assert_eq!(counted, 2);
+        assert!((mean - 4f64.ln()).abs() < 1e-6);
+        let g = g.unwrap();
+        assert!(g[4..8].iter().all(|&x| x == 0.0));
+        assert!((g[1] - (0.25 - 1.0) / 2.0).abs() < 1e-7);
+        assert!(cross_entropy_rows(&logits, 4, &[1, 4, 0], false).is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! One optimizer step's arithmetic, shared by `smelt train` and `smelt bench-train`:
+//! forward + fused cross-entropy + backward per micro-batch, gradient accumulation, the
+//! global-norm clip, and the AdamW update; plus held-out scoring.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::loss::{cross_entropy, lm_head_cross_entropy};
+use super::optim::{sum_squares, AdamW, StepParams};
+use super::params::Params;
+use crate::model::{Decoder, Logits, SeqInput};
+
+/// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows.
+pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) -> Result<(f64, Vec<Tensor>)> {
+    let loss = batch_loss(decoder, windows)?;
+    let value = loss.to_scalar::<f32>()? as f64;
+    let mut store = loss.backward()?;
+    let grads = params
+        .list
+        .iter()
+        .map(|p| match store.remove(p.var.as_tensor()) {
+            Some(g) => Ok(g),
+            None => Ok(p.var.zeros_like()?),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((value, grads))
+}
+
+/// Mean next-token loss of `windows` (each `inputs + 1` tokens) as a scalar tensor.
+pub fn batch_loss(decoder: &Decoder, windows: &[Vec<u32>]) -> Result<Tensor> {
+    let mut seqs: Vec<SeqInput<'_>> = windows.iter().map(|w| SeqInput { tokens: &w[..w.len() - 1], cache: None }).collect();
+    let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
+    match (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
+        (Some(w), None) => {
+            let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
+            lm_head_cross_entropy(&h, w, &targets)
+        }
+        _ => {
+            let logits = decoder.forward(&mut seqs, Logits::All)?; // (Σ seq, vocab)
+            cross_entropy(&logits, &targets)
+        }
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// Accumulate gradients over `micro_batches`, clip, update. `lr`, `weight_decay`, `clip`
+/// as configured (clip 0 = off).
+pub fn optimizer_step(
+    decoder: &Decoder,
+    params: &Params,
+    opt: &mut AdamW,
+    micro_batches: &[Vec<Vec<u32>>],
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+) -> Result<StepStats> {
+    let mut acc: Option<Vec<Tensor>> = None;
+    let mut loss = 0.0;
+    for mb in micro_batches {
+        let (l, g) = loss_and_grads(decoder, params, mb)?;
+        loss += l;
+        acc = Some(match acc {
+            None => g,
+            Some(a) => a.iter().zip(&g).map(|(a, g)| a + g).collect::<candle_core::Result<Vec<_>>>()?,
+        });
+    }
+    let grads = acc.expect("at least one micro-batch");
+    let k = micro_batches.len() as f64;
+    let mut sq = 0.0;
+    for g in &grads {
+        sq += sum_squares(g)?;
+    }
+    let grad_norm = sq.sqrt() / k;
+    let mut scale = 1.0 / k;
+    if clip > 0.0 && grad_norm > clip {
+        scale *= clip / (grad_norm + 1e-6);
+    }
+    opt.step(params, &grads, StepParams { lr: lr as f32, weight_decay: weight_decay as f32, grad_scale: scale as f32 })?;
+    Ok(StepStats { loss: loss / k, grad_norm })
+}
+
+/// Mean next-token loss over `windows`, `batch` windows per forward pass, without gradients.
+pub fn evaluate(decoder: &Decoder, windows: &[Vec<u32>], batch: usize) -> Result<f64> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for chunk in windows.chunks(batch.max(1)) {
+        let count: usize = chunk.iter().map(|w| w.len() - 1).sum();
+        sum += batch_loss(decoder, chunk)?.to_scalar::<f32>()? as f64 * count as f64;
+        n += count;
+    }
+    Ok(if n > 0 { sum / n as f64 } else { f64::NAN })
+}
