@@ -65,7 +65,7 @@ fn logits_and_loss_match_transformers() {
 fn gradients_match_torch() {
     let f = fixture();
     let dec = f.params.decoder(32).unwrap();
-    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows).unwrap();
+    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows, false).unwrap();
     for (p, g) in f.params.list.iter().zip(&grads) {
         let want = &f.expected[&format!("grad.{}", p.name)];
         let d = rel_diff(&vec(g), &vec(want), 1e-3);
@@ -79,7 +79,7 @@ fn clipped_adamw_step_matches_torch() {
     let dec = f.params.decoder(32).unwrap();
     let ocfg = OptimConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, ..Default::default() };
     let mut opt = AdamW::new(&f.params, &ocfg);
-    let stats = optimizer_step(&dec, &f.params, &mut opt, std::slice::from_ref(&f.windows), 1e-2, 0.1, 1.0).unwrap();
+    let stats = optimizer_step(&dec, &f.params, &mut opt, std::slice::from_ref(&f.windows), 1e-2, 0.1, 1.0, false).unwrap();
     let want_norm = f.expected["grad_norm"].to_scalar::<f32>().unwrap() as f64;
     assert!((stats.grad_norm - want_norm).abs() < 1e-4 * want_norm, "grad norm {} vs torch {want_norm}", stats.grad_norm);
     for p in &f.params.list {
@@ -97,7 +97,7 @@ fn clipped_adamw_step_matches_torch() {
 fn gradients_match_finite_differences() {
     let f = fixture();
     let dec = f.params.decoder(32).unwrap();
-    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows).unwrap();
+    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows, false).unwrap();
     let eval = f.params.eval_decoder(32).unwrap();
     let loss = |d: &smelt::model::Decoder| batch_loss(d, &f.windows).unwrap().to_scalar::<f32>().unwrap() as f64;
     let mut rng = Rng::new(7);
@@ -124,5 +124,24 @@ fn gradients_match_finite_differences() {
             "{}: autograd gives {analytic:.6} along a random direction, finite differences {numeric:.6}",
             p.name
         );
+    }
+}
+
+/// The bf16 output projection (`train.bf16`, on CPUs with AVX-512 BF16) against torch's
+/// f32 gradients: close, within bf16's precision, and not identical (the path was taken).
+#[test]
+fn bf16_head_gradients_are_close_to_torch() {
+    if !smelt::train::kernels::bf16::available() {
+        eprintln!("no AVX-512 BF16 on this CPU: nothing to compare");
+        return;
+    }
+    let f = fixture();
+    let dec = f.params.decoder(32).unwrap();
+    let (loss, grads) = loss_and_grads(&dec, &f.params, &f.windows, true).unwrap();
+    let want = f.expected["loss"].to_scalar::<f32>().unwrap() as f64;
+    assert!(loss != want && (loss - want).abs() < 1e-2 * want, "loss {loss} vs torch {want}");
+    for (p, g) in f.params.list.iter().zip(&grads) {
+        let d = rel_diff(&vec(g), &vec(&f.expected[&format!("grad.{}", p.name)]), 1e-3);
+        assert!(d < 3e-2, "{}: bf16 gradient differs from torch by {d}", p.name);
     }
 }

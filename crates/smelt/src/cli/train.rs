@@ -86,6 +86,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     sets.extend(a.set.iter().cloned());
     let cfg = TrainConfig::load(a.config.as_deref(), &sets)?;
+    crate::train::single_candle_pool();
     crate::train::tune_allocator();
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrl_c(stop.clone());
@@ -139,21 +140,27 @@ pub struct BenchTrainArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// All matrix products in f32 (default: the output projection in bf16 where the CPU
+    /// has AVX-512 BF16, as `smelt train` does).
+    #[arg(long)]
+    pub f32: bool,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn bench(a: BenchTrainArgs) -> Result<()> {
     let shape = ModelShape { dim: a.dim, layers: a.layers, heads: a.heads, kv_heads: a.kv_heads, ffn: a.ffn, ctx: a.seq, vocab: a.vocab, ..Default::default() };
+    crate::train::single_candle_pool();
     crate::train::tune_allocator();
-    let r = bench_train(&shape, a.batch, a.warmup, a.steps, a.seed)?;
+    let r = bench_train(&shape, a.batch, a.warmup, a.steps, a.seed, !a.f32)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{:.1}M params, {} tokens/step: {:.0} tok/s ({:.0} ms/step, best {:.0} ms) over {} steps; loss {:.3} -> {:.3}",
+            "{:.1}M params, {} tokens/step, {}: {:.0} tok/s ({:.0} ms/step, best {:.0} ms) over {} steps; loss {:.3} -> {:.3}",
             r.params as f64 / 1e6,
             r.tokens_per_step,
+            if r.bf16 { "bf16 output projection" } else { "f32" },
             r.tok_per_s,
             r.step_ms,
             r.best_step_ms,

@@ -24,9 +24,11 @@ pub struct BenchResult {
     pub best_step_ms: f64,
     pub first_loss: f64,
     pub last_loss: f64,
+    /// Whether the output projection ran in bf16.
+    pub bf16: bool,
 }
 
-pub fn bench_train(shape: &ModelShape, batch: usize, warmup: usize, steps: usize, seed: u64) -> Result<BenchResult> {
+pub fn bench_train(shape: &ModelShape, batch: usize, warmup: usize, steps: usize, seed: u64, bf16: bool) -> Result<BenchResult> {
     let cfg = shape.llama_config()?;
     let params = Params::init(&cfg, seed, &Device::Cpu)?;
     let ocfg = OptimConfig::default();
@@ -40,7 +42,7 @@ pub fn bench_train(shape: &ModelShape, batch: usize, warmup: usize, steps: usize
             .map(|_| (0..=shape.ctx).map(|_| (rng.next_u64() % shape.vocab as u64) as u32).collect())
             .collect();
         let t0 = Instant::now();
-        let s = optimizer_step(&decoder, &params, &mut opt, &[windows], 1e-3, 0.1, 1.0)?;
+        let s = optimizer_step(&decoder, &params, &mut opt, &[windows], 1e-3, 0.1, 1.0, bf16)?;
         let dt = t0.elapsed().as_secs_f64();
         losses.push(s.loss);
         if i >= warmup {
@@ -58,5 +60,6 @@ pub fn bench_train(shape: &ModelShape, batch: usize, warmup: usize, steps: usize
         best_step_ms: 1000.0 * times.iter().cloned().fold(f64::INFINITY, f64::min),
         first_loss: losses[0],
         last_loss: *losses.last().unwrap(),
+        bf16: bf16 && super::kernels::bf16::available(),
     })
 }

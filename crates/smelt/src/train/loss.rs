@@ -7,6 +7,10 @@
 //!   (for llama2.c's stories15M shape that is 262 MB, twice, per step).
 //! * [`cross_entropy`]: the loss of given logits, one pass per row.
 //!
+//! With `bf16`, the three products of the fused head run in bf16 with f32 accumulation
+//! ([`super::kernels::bf16`]) where the CPU has AVX-512 BF16 (else f32, silently); the
+//! softmax and the loss stay f32.
+//!
 //! The plain candle path (matmul, log_softmax, gather, mean) is the test oracle.
 
 use std::sync::Mutex;
@@ -15,6 +19,7 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::kernels::bf16;
 use super::kernels::gemm::{matmul_par, Mat};
 use super::simd::{exp, multiversion};
 
@@ -95,6 +100,8 @@ const HEAD_ROWS: usize = 256;
 struct LmHeadCrossEntropy {
     targets: Vec<u32>,
     want_grad: bool,
+    /// bf16 products (the caller checked `bf16::available()`).
+    bf16: bool,
     /// (dh, dw) of the mean loss, computed in the forward pass.
     grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
@@ -120,11 +127,17 @@ impl candle_core::CustomOp2 for LmHeadCrossEntropy {
         let mut logits = vec![0f32; HEAD_ROWS.min(n) * vocab];
         let (mut dh, mut dw) = if self.want_grad { (vec![0f32; n * d], vec![0f32; vocab * d]) } else { (Vec::new(), Vec::new()) };
         let mut total = 0f64;
+        // bf16: W packed once for the logits (as Wᵀ) and once for dh (as W).
+        let w_t = self.bf16.then(|| bf16::pack_b(Mat::rows(w, vocab, d).t()));
+        let w_n = (self.bf16 && self.want_grad).then(|| bf16::pack_b(Mat::rows(w, vocab, d)));
         for (ci, r0) in (0..n).step_by(HEAD_ROWS).enumerate() {
             let rows = HEAD_ROWS.min(n - r0);
             let lg = &mut logits[..rows * vocab];
             let hc = &h[r0 * d..(r0 + rows) * d];
-            matmul_par(lg, Mat::rows(hc, rows, d), Mat::rows(w, vocab, d).t(), 1.0, false); // (rows, vocab)
+            match &w_t {
+                Some(wt) => bf16::matmul_packed(lg, &bf16::pack_a(Mat::rows(hc, rows, d)), wt, 1.0, false),
+                None => matmul_par(lg, Mat::rows(hc, rows, d), Mat::rows(w, vocab, d).t(), 1.0, false), // (rows, vocab)
+            }
             let targets = &self.targets[r0..r0 + rows];
             let losses: Vec<f64> = lg
                 .par_chunks_mut(vocab * ROWS_PER_TASK)
@@ -144,8 +157,15 @@ impl candle_core::CustomOp2 for LmHeadCrossEntropy {
             total += losses.iter().sum::<f64>();
             if self.want_grad {
                 // dh_c = dlogits_c · W (rows, d); dW += dlogits_cᵀ · h_c (vocab, d).
-                matmul_par(&mut dh[r0 * d..(r0 + rows) * d], Mat::rows(lg, rows, vocab), Mat::rows(w, vocab, d), 1.0, false);
-                matmul_par(&mut dw, Mat::rows(lg, rows, vocab).t(), Mat::rows(hc, rows, d), 1.0, ci > 0);
+                let dhc = &mut dh[r0 * d..(r0 + rows) * d];
+                if let Some(wn) = &w_n {
+                    bf16::matmul_packed(dhc, &bf16::pack_a(Mat::rows(lg, rows, vocab)), wn, 1.0, false);
+                    let (a, b) = (bf16::pack_a(Mat::rows(lg, rows, vocab).t()), bf16::pack_b(Mat::rows(hc, rows, d)));
+                    bf16::matmul_packed(&mut dw, &a, &b, 1.0, ci > 0);
+                } else {
+                    matmul_par(dhc, Mat::rows(lg, rows, vocab), Mat::rows(w, vocab, d), 1.0, false);
+                    matmul_par(&mut dw, Mat::rows(lg, rows, vocab).t(), Mat::rows(hc, rows, d), 1.0, ci > 0);
+                }
             }
         }
         if self.want_grad {
@@ -172,9 +192,15 @@ impl candle_core::CustomOp2 for LmHeadCrossEntropy {
 /// `w.dims()[0]`) against `targets`, without materialising the logits. Differentiable
 /// in `h` and `w` when they track gradients.
 pub fn lm_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    lm_head_cross_entropy_with(h, w, targets, false)
+}
+
+/// [`lm_head_cross_entropy`], with bf16 products when `bf16` and the CPU has them.
+pub fn lm_head_cross_entropy_with(h: &Tensor, w: &Tensor, targets: &[u32], bf16: bool) -> Result<Tensor> {
     let op = LmHeadCrossEntropy {
         targets: targets.to_vec(),
         want_grad: h.track_op() || w.track_op(),
+        bf16: bf16 && bf16::available(),
         grads: Mutex::new(None),
     };
     Ok(h.contiguous()?.apply_op2(&w.contiguous()?, op)?)
@@ -332,6 +358,29 @@ mod tests {
         // Without gradients: the same loss.
         let c = lm_head_cross_entropy(&h.as_tensor().detach(), &w.as_tensor().detach(), &targets).unwrap();
         assert!(max_diff(&a.detach(), &c) < 1e-7);
+    }
+
+    #[test]
+    fn bf16_head_is_close_to_f32() {
+        if !bf16::available() {
+            eprintln!("no AVX-512 BF16 on this CPU: bf16 head not exercised");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, d, v) = (300, 40, 517);
+        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 31) % v as u32).collect();
+        let a = lm_head_cross_entropy_with(&h, &w, &targets, false).unwrap();
+        let b = lm_head_cross_entropy_with(&h, &w, &targets, true).unwrap();
+        let (la, lb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+        assert!(la != lb, "the bf16 path was not taken");
+        assert!((la - lb).abs() / la < 2e-3, "loss {la} (f32) vs {lb} (bf16)");
+        let ga = a.backward().unwrap();
+        let gb = b.backward().unwrap();
+        for x in [&h, &w] {
+            crate::train::kernels::assert_close(gb.get(x).unwrap(), ga.get(x).unwrap(), 2e-2);
+        }
     }
 
     #[test]

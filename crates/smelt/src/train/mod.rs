@@ -25,6 +25,19 @@ pub use config::{ModelShape, TrainConfig};
 pub use params::Params;
 pub use trainer::{train, Interrupted, TrainOptions, TrainOutcome};
 
+/// Keep candle's own worker pool (which runs its element-wise ops) at the calling thread
+/// alone during training. That pool's threads and the caller spin while they wait for each
+/// other; next to rayon's pool (which runs the matrix products and the fused kernels) they
+/// oversubscribe the cores, and on a busy 2-core machine a step took twice as long with it
+/// (`smelt -t 2 bench-train`: 283–190 vs 578–378 tok/s, alternating runs). The element-wise
+/// ops left to candle are a few percent of a step. Call before the first tensor operation;
+/// an explicit `CANDLE_NUM_THREADS` in the environment wins.
+pub fn single_candle_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Training frees and re-allocates the same large activation buffers every step. glibc
 /// returns blocks above 128 KiB to the kernel at once, so every step would pay page faults
 /// and zeroing for all of them again; raise that threshold (to glibc's maximum, 32 MiB) and

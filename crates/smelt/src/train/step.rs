@@ -5,14 +5,15 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::loss::{cross_entropy, lm_head_cross_entropy};
+use super::loss::{cross_entropy, lm_head_cross_entropy_with};
 use super::optim::{sum_squares, AdamW, StepParams};
 use super::params::Params;
 use crate::model::{Decoder, Logits, SeqInput};
 
-/// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows.
-pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) -> Result<(f64, Vec<Tensor>)> {
-    let loss = batch_loss(decoder, windows)?;
+/// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows;
+/// `bf16`: the output projection in bf16 (see `train.bf16`).
+pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>], bf16: bool) -> Result<(f64, Vec<Tensor>)> {
+    let loss = batch_loss_with(decoder, windows, bf16)?;
     let value = loss.to_scalar::<f32>()? as f64;
     let mut store = loss.backward()?;
     let grads = params
@@ -28,12 +29,17 @@ pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) 
 
 /// Mean next-token loss of `windows` (each `inputs + 1` tokens) as a scalar tensor.
 pub fn batch_loss(decoder: &Decoder, windows: &[Vec<u32>]) -> Result<Tensor> {
+    batch_loss_with(decoder, windows, false)
+}
+
+/// [`batch_loss`], with the output projection in bf16 when `bf16` (and the CPU has it).
+pub fn batch_loss_with(decoder: &Decoder, windows: &[Vec<u32>], bf16: bool) -> Result<Tensor> {
     let mut seqs: Vec<SeqInput<'_>> = windows.iter().map(|w| SeqInput { tokens: &w[..w.len() - 1], cache: None }).collect();
     let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
     match (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
         (Some(w), None) => {
             let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
-            lm_head_cross_entropy(&h, w, &targets)
+            lm_head_cross_entropy_with(&h, w, &targets, bf16)
         }
         _ => {
             let logits = decoder.forward(&mut seqs, Logits::All)?; // (Σ seq, vocab)
@@ -51,7 +57,8 @@ pub struct StepStats {
 }
 
 /// Accumulate gradients over `micro_batches`, clip, update. `lr`, `weight_decay`, `clip`
-/// as configured (clip 0 = off).
+/// as configured (clip 0 = off); `bf16` as `train.bf16`.
+#[allow(clippy::too_many_arguments)]
 pub fn optimizer_step(
     decoder: &Decoder,
     params: &Params,
@@ -60,11 +67,12 @@ pub fn optimizer_step(
     lr: f64,
     weight_decay: f64,
     clip: f64,
+    bf16: bool,
 ) -> Result<StepStats> {
     let mut acc: Option<Vec<Tensor>> = None;
     let mut loss = 0.0;
     for mb in micro_batches {
-        let (l, g) = loss_and_grads(decoder, params, mb)?;
+        let (l, g) = loss_and_grads(decoder, params, mb, bf16)?;
         loss += l;
         acc = Some(match acc {
             None => g,

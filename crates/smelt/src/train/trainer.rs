@@ -192,7 +192,7 @@ pub fn train(cfg: TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
         let step = run.step;
         let lr = lr_at(&cfg.train, step);
         let micro: Vec<Vec<Vec<u32>>> = (0..cfg.train.grad_accum as u64).map(|k| batcher.windows(step, k)).collect();
-        let stats = optimizer_step(&decoder, &run.params, &mut run.opt, &micro, lr, cfg.train.weight_decay, cfg.train.grad_clip)?;
+        let stats = optimizer_step(&decoder, &run.params, &mut run.opt, &micro, lr, cfg.train.weight_decay, cfg.train.grad_clip, cfg.train.bf16)?;
         if !stats.loss.is_finite() {
             bail!("the training loss became {} at step {} (lower train.lr or raise warmup_steps)", stats.loss, step + 1);
         }
