@@ -5,6 +5,7 @@ mod chat;
 mod data;
 mod export;
 mod info;
+mod logits;
 mod models;
 mod perplexity;
 mod run;
@@ -44,6 +45,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Perplexity of a text file, computed exactly as llama.cpp's llama-perplexity does.
     Perplexity(perplexity::PerplexityArgs),
+    /// Raw logits of one token sequence as safetensors (to compare with other frameworks).
+    Logits(logits::LogitsArgs),
     /// Serve the model over an OpenAI-compatible HTTP API to many clients at once.
     Serve(serve::ServeArgs),
     /// Download a model into the local cache.
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat::chat(a, cli.verbose > 0),
         Command::Info(a) => info::info(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
+        Command::Logits(a) => logits::logits(a),
         Command::Serve(a) => serve::serve(a),
         Command::Pull(a) => models::pull(a),
         Command::List(a) => models::list(a),

@@ -1,4 +1,4 @@
-//! A small safetensors writer (f32 / f16 / bf16 tensors → bytes), so files are written
+//! A small safetensors writer (f32 / f16 / bf16 / i64 tensors → bytes), so files are written
 //! through `util::write_atomic` or into a checkpoint folder with explicit error handling.
 //! Format: 8-byte little-endian header length, a JSON header
 //! `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}` padded with
@@ -21,6 +21,7 @@ pub fn to_bytes(tensors: &[(String, Tensor)], metadata: &[(&str, &str)]) -> Resu
             DType::F32 => ("F32", t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()),
             DType::F16 => ("F16", t.flatten_all()?.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
             DType::BF16 => ("BF16", t.flatten_all()?.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            DType::I64 => ("I64", t.flatten_all()?.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
             other => bail!("safetensors writer: unsupported dtype {other:?} for {name}"),
         };
         let begin = data.len();

@@ -8,6 +8,10 @@
 //! renamed into place, and only then is `latest` replaced (atomically). A failure at any
 //! point (a full disk) removes the temporary folder and leaves the previous checkpoint and
 //! `latest` untouched.
+//!
+//! Fault injection for tests: with `SMELT_FAULT_FULL_DISK_AT_STEP=N` in the environment, the
+//! checkpoint of step N fails half-way through writing its optimizer state with the error a
+//! full disk gives (ENOSPC), so the recovery path can be tested without filling a disk.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,8 +59,25 @@ fn step_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// The environment variable read by [`injected_full_disk`].
+pub const FAULT_ENV: &str = "SMELT_FAULT_FULL_DISK_AT_STEP";
+
+/// Whether the test fault (see the module docs) is set for `step`.
+fn injected_full_disk(step: u64) -> bool {
+    std::env::var(FAULT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(step)
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_synced_or_fail(path, bytes, false)
+}
+
+/// [`write_synced`]; with `full_disk`, write half of `bytes` and fail as a full disk would.
+fn write_synced_or_fail(path: &Path, bytes: &[u8], full_disk: bool) -> Result<()> {
     let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    if full_disk {
+        f.write_all(&bytes[..bytes.len() / 2]).with_context(|| format!("cannot write {}", path.display()))?;
+        return Err(std::io::Error::from_raw_os_error(28)).with_context(|| format!("cannot write {}", path.display()));
+    }
     f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
     f.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
     Ok(())
@@ -138,7 +159,8 @@ pub fn save(out: &Path, inp: &SaveInputs<'_>, keep: usize) -> Result<PathBuf> {
             moments.push((format!("m.{}", p.name), Tensor::from_slice(&inp.opt.m[i], &shape, &Device::Cpu)?));
             moments.push((format!("v.{}", p.name), Tensor::from_slice(&inp.opt.v[i], &shape, &Device::Cpu)?));
         }
-        write_synced(&tmp.join("optimizer.safetensors"), &safetensors::to_bytes(&moments, &[])?)?;
+        let fault = injected_full_disk(inp.state.step);
+        write_synced_or_fail(&tmp.join("optimizer.safetensors"), &safetensors::to_bytes(&moments, &[])?, fault)?;
         for f in TOKENIZER_FILES {
             let src = inp.tokenizer_dir.join(f);
             if src.is_file() {
