@@ -121,3 +121,101 @@ fn bad_lengths_are_errors() {
     assert!(quantize(GgmlType::Q4_0, &[0.0; 33]).is_err());
     assert!(quantize(GgmlType::Q2_K, &[0.0; 256]).is_err());
 }
+
+// ---- whole files: `smelt quantize` on a tiny model, then load and run the result ----
+
+use common::Tiny;
+use smelt::load::gguf::GgufFile;
+use smelt::load::{load, LoadOptions};
+
+/// A tiny model with rows of 256 so the K-quants apply (not their fallbacks).
+fn tiny256() -> Tiny {
+    Tiny { hidden: 256, layers: 2, heads: 4, kv_heads: 2, ffn: 512, ctx: 64, template: Some(common::CHATML) }
+}
+
+fn logits(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
+    let m = load(path, &LoadOptions { ctx: Some(32) }).unwrap();
+    let mut cache = m.decoder.new_cache();
+    m.decoder.step(tokens, &mut cache).unwrap()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let e: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let s: f32 = b.iter().map(|y| y * y).sum();
+    (e / s).sqrt()
+}
+
+#[test]
+fn quantized_tiny_models_load_and_run() {
+    let dir = common::temp_dir("quantize");
+    let src = dir.join("f32.gguf");
+    // Tiny's weights make a chaotic network (any perturbation is amplified); scaled down,
+    // the layers are well-conditioned and logit errors reflect the weight errors.
+    let mut w = tiny256().writer();
+    for (name, dims, _, data) in &mut w.tensors {
+        if dims.len() == 2 && name.starts_with("blk.") {
+            for c in data.chunks_exact_mut(4) {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 0.2;
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    std::fs::write(&src, w.to_bytes()).unwrap();
+    let tokens = [1u32, 200, 270, 30, 5];
+    let base = logits(&src, &tokens);
+    // (type, tensor types expected among the matrices, max relative logit error: about twice
+    // what was measured, in the order of the types' bits)
+    let cases: &[(&str, &[&str], f32)] = &[
+        ("f16", &["F16"], 0.002),
+        ("q8_0", &["Q8_0"], 0.025),
+        ("q6_k", &["Q6_K"], 0.06),
+        ("q5_k_m", &["Q5_K", "Q6_K"], 0.09),
+        ("q5_0", &["Q5_0", "Q6_K"], 0.1),
+        ("q5_1", &["Q5_1", "Q6_K"], 0.1),
+        ("q4_k_m", &["Q4_K", "Q6_K"], 0.15),
+        ("q4_0", &["Q4_0", "Q6_K"], 0.18),
+        ("q4_1", &["Q4_1", "Q6_K"], 0.17),
+    ];
+    let f = GgufFile::open(&src).unwrap();
+    for &(ty, want, tol) in cases {
+        let out = dir.join(format!("{ty}.gguf"));
+        let o = common::run(&["quantize", src.to_str().unwrap(), out.to_str().unwrap(), "--type", ty]);
+        assert!(o.status.success(), "{ty}: {}", common::stderr(&o));
+        let q = GgufFile::open(&out).unwrap();
+        // Metadata carried over, file type set.
+        assert_eq!(q.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap().len(), f.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap().len());
+        assert_eq!(q.get_str("tokenizer.chat_template"), f.get_str("tokenizer.chat_template"));
+        assert_eq!(q.get_i64("llama.block_count"), Some(2));
+        let mut types: Vec<&str> = q.tensors.iter().filter(|t| t.dims.len() == 2).map(|t| t.dtype.name()).collect();
+        types.sort();
+        types.dedup();
+        assert_eq!(types, want, "{ty}: matrix types");
+        assert!(q.tensors.iter().filter(|t| t.dims.len() == 1).all(|t| t.dtype == GgmlType::F32), "{ty}: norms stay f32");
+        let ql = logits(&out, &tokens);
+        let e = rel_err(&ql, &base);
+        eprintln!("{ty}: {} bytes, relative logit error {e:.4}", std::fs::metadata(&out).unwrap().len());
+        assert!(e < tol && e > 0.0, "{ty}: relative logit error {e} (bound {tol})");
+    }
+    // Quantizing a quantized file works (with a note) and still runs.
+    let again = dir.join("again.gguf");
+    let o = common::run(&["quantize", dir.join("q8_0.gguf").to_str().unwrap(), again.to_str().unwrap(), "--type", "q4_0"]);
+    assert!(o.status.success() && common::stdout(&o).contains("already quantized"), "{}", common::stderr(&o));
+    assert!(logits(&again, &tokens).iter().all(|v| v.is_finite()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quantize_errors_are_one_line() {
+    let dir = common::temp_dir("quantize-err");
+    let src = dir.join("m.gguf");
+    Tiny::default().write(&src);
+    let out = dir.join("o.gguf");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    common::assert_one_line_error(&common::run(&["quantize", &s(&src), &s(&out), "--type", "q3_k"]), "q4_k_m");
+    common::assert_one_line_error(&common::run(&["quantize", &s(&dir.join("none.gguf")), &s(&out), "--type", "q4_0"]), "no such file");
+    common::assert_one_line_error(&common::run(&["quantize", &s(&src), &s(&src), "--type", "q4_0"]), "overwrite");
+    std::fs::write(dir.join("bad.gguf"), b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    common::assert_one_line_error(&common::run(&["quantize", &s(&dir.join("bad.gguf")), &s(&out), "--type", "q4_0"]), "bad.gguf");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
