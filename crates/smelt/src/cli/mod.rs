@@ -8,6 +8,8 @@ mod info;
 mod logits;
 mod models;
 mod perplexity;
+mod quantize;
+mod bench;
 mod run;
 mod serve;
 mod tokenizer;
@@ -65,6 +67,10 @@ pub enum Command {
     BenchTrain(train::BenchTrainArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
+    /// Quantize a GGUF model to another type (q4_0 ... q8_0, q4_k_m, q5_k_m, q6_k, f16).
+    Quantize(quantize::QuantizeArgs),
+    /// Measure inference speed: prefill and decode tokens/s, memory, bandwidth (llama-bench-like).
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -109,6 +115,8 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
         Command::Export(a) => export::export(a),
+        Command::Quantize(a) => quantize::quantize(a),
+        Command::Bench(a) => bench::bench(a, cli.threads),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
