@@ -4,6 +4,7 @@ mod args;
 mod chat;
 mod data;
 mod export;
+mod finetune;
 mod info;
 mod models;
 mod perplexity;
@@ -60,6 +61,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Measure training throughput (tokens/s) for a model shape on random tokens.
     BenchTrain(train::BenchTrainArgs),
+    /// Fine-tune a model with LoRA adapters on chat or prompt/completion JSONL.
+    Finetune(finetune::FinetuneArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
 }
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Data(a) => data::data(a),
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
+        Command::Finetune(a) => finetune::finetune(a),
         Command::Export(a) => export::export(a),
     });
     match result {
