@@ -4,6 +4,7 @@ mod args;
 mod chat;
 mod data;
 mod export;
+mod finetune;
 mod info;
 mod logits;
 mod models;
@@ -65,6 +66,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Measure training throughput (tokens/s) for a model shape on random tokens.
     BenchTrain(train::BenchTrainArgs),
+    /// Fine-tune a model with LoRA adapters on chat or prompt/completion JSONL.
+    Finetune(finetune::FinetuneArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
     /// Quantize a GGUF model to another type (q4_0 ... q8_0, q4_k_m, q5_k_m, q6_k, f16).
@@ -114,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::Data(a) => data::data(a),
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
+        Command::Finetune(a) => finetune::finetune(a),
         Command::Export(a) => export::export(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Bench(a) => bench::bench(a, cli.threads),

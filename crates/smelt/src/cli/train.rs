@@ -49,7 +49,7 @@ pub struct TrainArgs {
 }
 
 /// Ctrl-C sets the flag (the loop saves a checkpoint and stops); a second Ctrl-C quits at once.
-fn install_ctrl_c(flag: Arc<AtomicBool>) {
+pub(super) fn install_ctrl_c(flag: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {

@@ -12,7 +12,36 @@ use crate::model::{Decoder, Logits, SeqInput};
 
 /// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows.
 pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) -> Result<(f64, Vec<Tensor>)> {
-    let loss = batch_loss(decoder, windows)?;
+    grads_of(&batch_loss(decoder, windows)?, params)
+}
+
+/// Mean next-token loss of `windows` (each `inputs + 1` tokens) as a scalar tensor.
+pub fn batch_loss(decoder: &Decoder, windows: &[Vec<u32>]) -> Result<Tensor> {
+    let inputs: Vec<&[u32]> = windows.iter().map(|w| &w[..w.len() - 1]).collect();
+    let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
+    sequences_loss(decoder, &inputs, &targets)
+}
+
+/// Mean loss of independent sequences run in one forward pass (each attends only to
+/// itself: packing without cross-contamination), against `targets` (one per input token,
+/// concatenated; [`IGNORE`](super::loss::IGNORE) entries are not counted).
+pub fn sequences_loss(decoder: &Decoder, inputs: &[&[u32]], targets: &[u32]) -> Result<Tensor> {
+    let mut seqs: Vec<SeqInput<'_>> = inputs.iter().map(|t| SeqInput { tokens: t, cache: None }).collect();
+    match (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
+        (Some(w), None) if decoder.lm_head.adapters.is_empty() => {
+            let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
+            lm_head_cross_entropy(&h, w, targets)
+        }
+        _ => {
+            let logits = decoder.forward(&mut seqs, Logits::All)?; // (Σ seq, vocab)
+            cross_entropy(&logits, targets)
+        }
+    }
+}
+
+/// The value of `loss` and the gradients of `params` (in their order; zeros for a
+/// parameter the loss does not reach).
+pub fn grads_of(loss: &Tensor, params: &Params) -> Result<(f64, Vec<Tensor>)> {
     let value = loss.to_scalar::<f32>()? as f64;
     let mut store = loss.backward()?;
     let grads = params
@@ -24,22 +53,6 @@ pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) 
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((value, grads))
-}
-
-/// Mean next-token loss of `windows` (each `inputs + 1` tokens) as a scalar tensor.
-pub fn batch_loss(decoder: &Decoder, windows: &[Vec<u32>]) -> Result<Tensor> {
-    let mut seqs: Vec<SeqInput<'_>> = windows.iter().map(|w| SeqInput { tokens: &w[..w.len() - 1], cache: None }).collect();
-    let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
-    match (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
-        (Some(w), None) => {
-            let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
-            lm_head_cross_entropy(&h, w, &targets)
-        }
-        _ => {
-            let logits = decoder.forward(&mut seqs, Logits::All)?; // (Σ seq, vocab)
-            cross_entropy(&logits, &targets)
-        }
-    }
 }
 
 /// What one optimizer step did.
@@ -61,10 +74,26 @@ pub fn optimizer_step(
     weight_decay: f64,
     clip: f64,
 ) -> Result<StepStats> {
+    accumulate_and_step(params, opt, micro_batches.len(), |k| loss_and_grads(decoder, params, &micro_batches[k]), lr, weight_decay, clip)
+}
+
+/// One optimizer step over `n` micro-batches whose loss and gradients `micro(k)` gives:
+/// gradients averaged, clipped to `clip` (0 = off), AdamW applied. Shared by every
+/// trainer (pre-training, LoRA fine-tuning, distillation).
+pub fn accumulate_and_step(
+    params: &Params,
+    opt: &mut AdamW,
+    n: usize,
+    mut micro: impl FnMut(usize) -> Result<(f64, Vec<Tensor>)>,
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+) -> Result<StepStats> {
+    anyhow::ensure!(n > 0, "an optimizer step needs at least one micro-batch");
     let mut acc: Option<Vec<Tensor>> = None;
     let mut loss = 0.0;
-    for mb in micro_batches {
-        let (l, g) = loss_and_grads(decoder, params, mb)?;
+    for k in 0..n {
+        let (l, g) = micro(k)?;
         loss += l;
         acc = Some(match acc {
             None => g,
@@ -72,7 +101,7 @@ pub fn optimizer_step(
         });
     }
     let grads = acc.expect("at least one micro-batch");
-    let k = micro_batches.len() as f64;
+    let k = n as f64;
     let mut sq = 0.0;
     for g in &grads {
         sq += sum_squares(g)?;

@@ -7,6 +7,7 @@
 //! the number of threads (a resumed run reproduces an uninterrupted one bit for bit).
 
 pub mod attention;
+pub mod frozen;
 pub mod gemm;
 pub mod rmsnorm;
 pub mod rope;
