@@ -3,6 +3,7 @@
 mod args;
 mod chat;
 mod data;
+mod distill;
 mod export;
 mod info;
 mod models;
@@ -60,6 +61,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Measure training throughput (tokens/s) for a model shape on random tokens.
     BenchTrain(train::BenchTrainArgs),
+    /// Distil a teacher into a student that shares its tokenizer (KL on logits + cross-entropy).
+    Distill(distill::DistillArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
 }
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Data(a) => data::data(a),
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
+        Command::Distill(a) => distill::distill(a),
         Command::Export(a) => export::export(a),
     });
     match result {

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::kd_loss::KdParts;
 use super::loss::{cross_entropy, lm_head_cross_entropy};
 use super::optim::{sum_squares, AdamW, StepParams};
 use super::params::Params;
@@ -12,7 +13,11 @@ use crate::model::{Decoder, Logits, SeqInput};
 
 /// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows.
 pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) -> Result<(f64, Vec<Tensor>)> {
-    let loss = batch_loss(decoder, windows)?;
+    grads_of(params, batch_loss(decoder, windows)?)
+}
+
+/// The value of a scalar loss and its gradients in `Params` order (zeros where unused).
+pub fn grads_of(params: &Params, loss: Tensor) -> Result<(f64, Vec<Tensor>)> {
     let value = loss.to_scalar::<f32>()? as f64;
     let mut store = loss.backward()?;
     let grads = params
@@ -48,7 +53,13 @@ pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Mean cross-entropy and KL of a distillation step.
+    pub kd: Option<KdParts>,
 }
+
+/// The loss of micro-batch `k` (its windows given) through the decoder being trained, and
+/// the distillation parts when it is a distillation loss.
+pub type LossFn<'a> = dyn Fn(&Decoder, usize, &[Vec<u32>]) -> Result<(Tensor, Option<KdParts>)> + 'a;
 
 /// Accumulate gradients over `micro_batches`, clip, update. `lr`, `weight_decay`, `clip`
 /// as configured (clip 0 = off).
@@ -61,10 +72,33 @@ pub fn optimizer_step(
     weight_decay: f64,
     clip: f64,
 ) -> Result<StepStats> {
+    let ce = |d: &Decoder, _: usize, w: &[Vec<u32>]| Ok((batch_loss(d, w)?, None));
+    optimizer_step_with(decoder, params, opt, micro_batches, &ce, lr, weight_decay, clip)
+}
+
+/// [`optimizer_step`] with any loss (e.g. distillation).
+#[allow(clippy::too_many_arguments)]
+pub fn optimizer_step_with(
+    decoder: &Decoder,
+    params: &Params,
+    opt: &mut AdamW,
+    micro_batches: &[Vec<Vec<u32>>],
+    loss_fn: &LossFn<'_>,
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+) -> Result<StepStats> {
     let mut acc: Option<Vec<Tensor>> = None;
     let mut loss = 0.0;
-    for mb in micro_batches {
-        let (l, g) = loss_and_grads(decoder, params, mb)?;
+    let mut kd: Option<KdParts> = None;
+    for (k, mb) in micro_batches.iter().enumerate() {
+        let (t, parts) = loss_fn(decoder, k, mb)?;
+        let (l, g) = grads_of(params, t)?;
+        if let Some(p) = parts {
+            let a = kd.get_or_insert_with(KdParts::default);
+            a.ce += p.ce / micro_batches.len() as f64;
+            a.kl += p.kl / micro_batches.len() as f64;
+        }
         loss += l;
         acc = Some(match acc {
             None => g,
@@ -83,7 +117,7 @@ pub fn optimizer_step(
         scale *= clip / (grad_norm + 1e-6);
     }
     opt.step(params, &grads, StepParams { lr: lr as f32, weight_decay: weight_decay as f32, grad_scale: scale as f32 })?;
-    Ok(StepStats { loss: loss / k, grad_norm })
+    Ok(StepStats { loss: loss / k, grad_norm, kd })
 }
 
 /// Mean next-token loss over `windows`, `batch` windows per forward pass, without gradients.
