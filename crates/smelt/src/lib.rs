@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod constrain;
 pub mod data;
+pub mod distill;
 pub mod eval;
 pub mod export;
 pub mod finetune;

@@ -3,6 +3,7 @@
 mod args;
 mod chat;
 mod data;
+mod distill;
 mod export;
 mod finetune;
 mod info;
@@ -68,6 +69,8 @@ pub enum Command {
     BenchTrain(train::BenchTrainArgs),
     /// Fine-tune a model with LoRA adapters on chat or prompt/completion JSONL.
     Finetune(finetune::FinetuneArgs),
+    /// Distil a teacher into a student that shares its tokenizer (KL on logits + cross-entropy).
+    Distill(distill::DistillArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
     /// Quantize a GGUF model to another type (q4_0 ... q8_0, q4_k_m, q5_k_m, q6_k, f16).
@@ -118,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
         Command::Finetune(a) => finetune::finetune(a),
+        Command::Distill(a) => distill::distill(a),
         Command::Export(a) => export::export(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Bench(a) => bench::bench(a, cli.threads),

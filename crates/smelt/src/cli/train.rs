@@ -86,12 +86,17 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     sets.extend(a.set.iter().cloned());
     let cfg = TrainConfig::load(a.config.as_deref(), &sets)?;
+    run_config(cfg, a.resume, a.stop_after, a.quiet)
+}
+
+/// Train (or distil) with a resolved config: Ctrl-C handling, progress, the summary line.
+pub(crate) fn run_config(cfg: TrainConfig, resume: bool, stop_after: Option<u64>, quiet: bool) -> Result<()> {
     crate::train::tune_allocator();
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrl_c(stop.clone());
-    let progress = !a.quiet && std::io::stderr().is_terminal();
+    let progress = !quiet && std::io::stderr().is_terminal();
     let out = cfg.run.out.clone();
-    let o = run_training(cfg, &TrainOptions { resume: a.resume, progress, stop, stop_after: a.stop_after })?;
+    let o = run_training(cfg, &TrainOptions { resume, progress, stop, stop_after })?;
     let val = o.val_loss.map(|v| format!(", held-out loss {v:.4} (perplexity {:.2})", v.exp())).unwrap_or_default();
     let why = match o.paused {
         Some("time limit") => " (time limit reached; continue with --resume)",
@@ -108,7 +113,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 

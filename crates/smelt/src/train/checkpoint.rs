@@ -49,7 +49,7 @@ pub struct CheckpointState {
 }
 
 pub const FORMAT: &str = "smelt-checkpoint-1";
-pub const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
+pub const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", crate::data::prepare::TOKENIZER_GGUF];
 
 pub fn checkpoints_dir(out: &Path) -> PathBuf {
     out.join("checkpoints")

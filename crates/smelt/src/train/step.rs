@@ -5,6 +5,7 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::kd_loss::KdParts;
 use super::loss::{cross_entropy, lm_head_cross_entropy};
 use super::optim::{sum_squares, AdamW, StepParams};
 use super::params::Params;
@@ -61,7 +62,13 @@ pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Mean cross-entropy and KL of a distillation step.
+    pub kd: Option<KdParts>,
 }
+
+/// The loss of micro-batch `k` (its windows given) through the decoder being trained, and
+/// the distillation parts when it is a distillation loss.
+pub type LossFn<'a> = dyn Fn(&Decoder, usize, &[Vec<u32>]) -> Result<(Tensor, Option<KdParts>)> + 'a;
 
 /// Accumulate gradients over `micro_batches`, clip, update. `lr`, `weight_decay`, `clip`
 /// as configured (clip 0 = off).
@@ -75,6 +82,34 @@ pub fn optimizer_step(
     clip: f64,
 ) -> Result<StepStats> {
     accumulate_and_step(params, opt, micro_batches.len(), |k| loss_and_grads(decoder, params, &micro_batches[k]), lr, weight_decay, clip)
+}
+
+/// [`optimizer_step`] with any loss (e.g. distillation); the distillation parts are
+/// averaged over the micro-batches into [`StepStats::kd`].
+#[allow(clippy::too_many_arguments)]
+pub fn optimizer_step_with(
+    decoder: &Decoder,
+    params: &Params,
+    opt: &mut AdamW,
+    micro_batches: &[Vec<Vec<u32>>],
+    loss_fn: &LossFn<'_>,
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+) -> Result<StepStats> {
+    let n = micro_batches.len();
+    let mut kd: Option<KdParts> = None;
+    let micro = |k: usize| {
+        let (t, parts) = loss_fn(decoder, k, &micro_batches[k])?;
+        if let Some(p) = parts {
+            let a = kd.get_or_insert_with(KdParts::default);
+            a.ce += p.ce / n as f64;
+            a.kl += p.kl / n as f64;
+        }
+        grads_of(&t, params)
+    };
+    let stats = accumulate_and_step(params, opt, n, micro, lr, weight_decay, clip)?;
+    Ok(StepStats { kd, ..stats })
 }
 
 /// One optimizer step over `n` micro-batches whose loss and gradients `micro(k)` gives:
@@ -112,7 +147,7 @@ pub fn accumulate_and_step(
         scale *= clip / (grad_norm + 1e-6);
     }
     opt.step(params, &grads, StepParams { lr: lr as f32, weight_decay: weight_decay as f32, grad_scale: scale as f32 })?;
-    Ok(StepStats { loss: loss / k, grad_norm })
+    Ok(StepStats { loss: loss / k, grad_norm, kd: None })
 }
 
 /// Mean next-token loss over `windows`, `batch` windows per forward pass, without gradients.
