@@ -67,11 +67,7 @@ fn injected_full_disk(step: u64) -> bool {
     std::env::var(FAULT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(step)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_synced_or_fail(path, bytes, false)
-}
-
-/// [`write_synced`]; with `full_disk`, write half of `bytes` and fail as a full disk would.
+/// Write and fsync `path`; with `full_disk`, write half of `bytes` and fail as a full disk would.
 fn write_synced_or_fail(path: &Path, bytes: &[u8], full_disk: bool) -> Result<()> {
     let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     if full_disk {
