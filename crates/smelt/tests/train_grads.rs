@@ -11,7 +11,7 @@ use smelt::load::tensors::SafetensorsTensors;
 use smelt::sample::Rng;
 use smelt::train::config::OptimConfig;
 use smelt::train::optim::AdamW;
-use smelt::train::step::{batch_loss, loss_and_grads, optimizer_step};
+use smelt::train::step::{batch_loss, loss_and_grads, loss_and_grads_with, optimizer_step};
 use smelt::train::Params;
 
 fn fixture_dir() -> PathBuf {
@@ -65,7 +65,7 @@ fn logits_and_loss_match_transformers() {
 fn gradients_match_torch() {
     let f = fixture();
     let dec = f.params.decoder(32).unwrap();
-    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows, false).unwrap();
+    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows).unwrap();
     for (p, g) in f.params.list.iter().zip(&grads) {
         let want = &f.expected[&format!("grad.{}", p.name)];
         let d = rel_diff(&vec(g), &vec(want), 1e-3);
@@ -97,7 +97,7 @@ fn clipped_adamw_step_matches_torch() {
 fn gradients_match_finite_differences() {
     let f = fixture();
     let dec = f.params.decoder(32).unwrap();
-    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows, false).unwrap();
+    let (_, grads) = loss_and_grads(&dec, &f.params, &f.windows).unwrap();
     let eval = f.params.eval_decoder(32).unwrap();
     let loss = |d: &smelt::model::Decoder| batch_loss(d, &f.windows).unwrap().to_scalar::<f32>().unwrap() as f64;
     let mut rng = Rng::new(7);
@@ -137,7 +137,7 @@ fn bf16_head_gradients_are_close_to_torch() {
     }
     let f = fixture();
     let dec = f.params.decoder(32).unwrap();
-    let (loss, grads) = loss_and_grads(&dec, &f.params, &f.windows, true).unwrap();
+    let (loss, grads) = loss_and_grads_with(&dec, &f.params, &f.windows, true).unwrap();
     let want = f.expected["loss"].to_scalar::<f32>().unwrap() as f64;
     assert!(loss != want && (loss - want).abs() < 1e-2 * want, "loss {loss} vs torch {want}");
     for (p, g) in f.params.list.iter().zip(&grads) {

@@ -16,6 +16,10 @@ pub struct ModelArgs {
     /// Context size in tokens (default: the model's trained context, bounded by memory).
     #[arg(long, short = 'c')]
     pub ctx: Option<usize>,
+    /// Apply a LoRA adapter folder (PEFT format, e.g. from `smelt finetune`), its update
+    /// scaled by SCALE (default 1). Repeatable.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    pub lora: Vec<crate::lora::AdapterSpec>,
 }
 
 /// Resolve a model spec (path, alias, `org/name`, `org/name:file.gguf`) and load it.
@@ -23,7 +27,9 @@ pub fn load_model(spec: Option<&str>, args: &ModelArgs) -> Result<Model> {
     let spec = spec.unwrap_or(DEFAULT_MODEL);
     let hub = Hub::from_env()?;
     let src = hub.resolve(spec)?;
-    crate::load::load(src.path(), &LoadOptions { ctx: args.ctx })
+    let mut model = crate::load::load(src.path(), &LoadOptions { ctx: args.ctx })?;
+    crate::lora::adapter::attach_all(&mut model.decoder, &args.lora)?;
+    Ok(model)
 }
 
 /// Whether a lone positional argument names a model rather than being a prompt.

@@ -25,7 +25,8 @@ pub struct PrepareArgs {
     /// UTF-8 text files (.txt, .md, .jsonl with a "text" field) or folders of them.
     #[arg(long, short = 'i', required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
-    /// Tokenizer folder (tokenizer.json), e.g. from `smelt tokenizer train`.
+    /// Tokenizer folder (tokenizer.json), e.g. from `smelt tokenizer train`, or a GGUF model
+    /// (its vocabulary, e.g. to train a student that shares a teacher's tokenizer).
     #[arg(long)]
     pub tokenizer: PathBuf,
     /// Output folder.

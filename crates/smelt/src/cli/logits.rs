@@ -27,7 +27,7 @@ pub struct LogitsArgs {
 }
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
-    let model = load_model(Some(&a.model), &ModelArgs { ctx: None })?;
+    let model = load_model(Some(&a.model), &ModelArgs { ctx: None, lora: Vec::new() })?;
     let ids = match &a.text {
         Some(t) => model.tokenizer.encode(t, false, false)?,
         None => a.ids.clone(),

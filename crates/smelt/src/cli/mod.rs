@@ -3,11 +3,15 @@
 mod args;
 mod chat;
 mod data;
+mod distill;
 mod export;
+mod finetune;
 mod info;
 mod logits;
 mod models;
 mod perplexity;
+mod quantize;
+mod bench;
 mod run;
 mod serve;
 mod tokenizer;
@@ -63,8 +67,16 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Measure training throughput (tokens/s) for a model shape on random tokens.
     BenchTrain(train::BenchTrainArgs),
+    /// Fine-tune a model with LoRA adapters on chat or prompt/completion JSONL.
+    Finetune(finetune::FinetuneArgs),
+    /// Distil a teacher into a student that shares its tokenizer (KL on logits + cross-entropy).
+    Distill(distill::DistillArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
+    /// Quantize a GGUF model to another type (q4_0 ... q8_0, q4_k_m, q5_k_m, q6_k, f16).
+    Quantize(quantize::QuantizeArgs),
+    /// Measure inference speed: prefill and decode tokens/s, memory, bandwidth (llama-bench-like).
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -108,7 +120,11 @@ pub fn main() -> ExitCode {
         Command::Data(a) => data::data(a),
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
+        Command::Finetune(a) => finetune::finetune(a),
+        Command::Distill(a) => distill::distill(a),
         Command::Export(a) => export::export(a),
+        Command::Quantize(a) => quantize::quantize(a),
+        Command::Bench(a) => bench::bench(a, cli.threads),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

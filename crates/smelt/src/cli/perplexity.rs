@@ -24,6 +24,9 @@ pub struct PerplexityArgs {
     pub chunks: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// Apply a LoRA adapter (DIR[:SCALE], repeatable).
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    pub lora: Vec<crate::lora::AdapterSpec>,
 }
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
@@ -31,7 +34,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!("{} is not valid UTF-8 (byte {})", a.file.display(), e.utf8_error().valid_up_to())
     })?;
-    let model = load_model(a.model.as_deref(), &ModelArgs { ctx: Some(a.ctx) })?;
+    let model = load_model(a.model.as_deref(), &ModelArgs { ctx: Some(a.ctx), lora: a.lora.clone() })?;
     let tok = &model.tokenizer;
     let tokens = tok.encode(&text, true, false)?;
     let bos = if tok.add_bos() { tok.bos_id() } else { None };

@@ -49,7 +49,7 @@ pub struct TrainArgs {
 }
 
 /// Ctrl-C sets the flag (the loop saves a checkpoint and stops); a second Ctrl-C quits at once.
-fn install_ctrl_c(flag: Arc<AtomicBool>) {
+pub(super) fn install_ctrl_c(flag: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {
@@ -86,13 +86,18 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     sets.extend(a.set.iter().cloned());
     let cfg = TrainConfig::load(a.config.as_deref(), &sets)?;
+    run_config(cfg, a.resume, a.stop_after, a.quiet)
+}
+
+/// Train (or distil) with a resolved config: Ctrl-C handling, progress, the summary line.
+pub(crate) fn run_config(cfg: TrainConfig, resume: bool, stop_after: Option<u64>, quiet: bool) -> Result<()> {
     crate::train::single_candle_pool();
     crate::train::tune_allocator();
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrl_c(stop.clone());
-    let progress = !a.quiet && std::io::stderr().is_terminal();
+    let progress = !quiet && std::io::stderr().is_terminal();
     let out = cfg.run.out.clone();
-    let o = run_training(cfg, &TrainOptions { resume: a.resume, progress, stop, stop_after: a.stop_after })?;
+    let o = run_training(cfg, &TrainOptions { resume, progress, stop, stop_after })?;
     let val = o.val_loss.map(|v| format!(", held-out loss {v:.4} (perplexity {:.2})", v.exp())).unwrap_or_default();
     let why = match o.paused {
         Some("time limit") => " (time limit reached; continue with --resume)",
@@ -109,7 +114,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 

@@ -1,6 +1,7 @@
 //! `smelt data prepare`: corpus → deduplicated documents → token ids (an end-of-text token
 //! after every document) → train / held-out shards, with the tokenizer copied beside them
-//! so a training run needs nothing else.
+//! so a training run needs nothing else. The tokenizer is a folder (`tokenizer.json`) or a
+//! GGUF model, whose vocabulary is then kept as `tokenizer.gguf`.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,52 @@ pub fn load_tokenizer_dir(dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()))
 }
 
+/// The tokenizer file written beside the shards when the tokenizer came from a GGUF model:
+/// a GGUF with the model's `tokenizer.*` metadata and no tensors.
+pub const TOKENIZER_GGUF: &str = "tokenizer.gguf";
+
+/// A tokenizer for `data prepare`, and the files that reproduce it beside the shards:
+/// a tokenizer folder (`tokenizer.json` ...) or a `.gguf` model (its vocabulary only).
+pub fn open_tokenizer(path: &Path) -> Result<(Tokenizer, Vec<(String, Vec<u8>)>)> {
+    if path.is_dir() {
+        let tok = load_tokenizer_dir(path)?;
+        let mut files = Vec::new();
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            let src = path.join(name);
+            if src.is_file() {
+                files.push((name.to_string(), std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?));
+            }
+        }
+        return Ok((tok, files));
+    }
+    if !path.is_file() {
+        bail!("{}: no such tokenizer folder or GGUF model", path.display());
+    }
+    let f = crate::load::gguf::GgufFile::open(path).with_context(|| format!("{}: not a tokenizer folder nor a GGUF model", path.display()))?;
+    let tok = Tokenizer::from_gguf(&f).with_context(|| format!("{}: tokenizer", path.display()))?;
+    let mut w = crate::load::gguf::GgufWriter::new();
+    for (k, v) in &f.metadata {
+        if k.starts_with("tokenizer.") || k == "general.architecture" || k == "general.name" {
+            w.kv(k, v.clone());
+        }
+    }
+    Ok((tok, vec![(TOKENIZER_GGUF.to_string(), w.to_bytes())]))
+}
+
+/// The tokenizer of a prepared data folder (or checkpoint): `tokenizer.json`, else
+/// `tokenizer.gguf`.
+pub fn load_data_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    if dir.join("tokenizer.json").is_file() {
+        return Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()));
+    }
+    let g = dir.join(TOKENIZER_GGUF);
+    if g.is_file() {
+        let f = crate::load::gguf::GgufFile::open(&g)?;
+        return Tokenizer::from_gguf(&f).with_context(|| format!("{}: tokenizer", g.display()));
+    }
+    bail!("{}: no tokenizer.json or {TOKENIZER_GGUF} (prepare the data with smelt data prepare)", dir.display())
+}
+
 /// The id appended after each document: the tokenizer's EOS, else `<|endoftext|>`.
 pub fn end_of_text_id(tok: &Tokenizer) -> Result<u32> {
     tok.eos_id()
@@ -61,8 +108,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
-pub fn prepare(inputs: &[PathBuf], tokenizer_dir: &Path, out: &Path, opts: &PrepareOptions) -> Result<PrepareReport> {
-    let tok = load_tokenizer_dir(tokenizer_dir)?;
+/// `tokenizer`: a tokenizer folder or a GGUF model (see [`open_tokenizer`]).
+pub fn prepare(inputs: &[PathBuf], tokenizer: &Path, out: &Path, opts: &PrepareOptions) -> Result<PrepareReport> {
+    let (tok, tok_files) = open_tokenizer(tokenizer)?;
     let eot = end_of_text_id(&tok)?;
     let mut corpus = Corpus::read(inputs, &opts.corpus)?;
     let duplicates_dropped = corpus.dedup();
@@ -104,12 +152,13 @@ pub fn prepare(inputs: &[PathBuf], tokenizer_dir: &Path, out: &Path, opts: &Prep
     let tb = token_bytes_for(vocab_size);
     let train_shards = write_shards(out, "train", &train, tb, opts.shard_tokens)?;
     let val_shards = write_shards(out, "val", &val, tb, opts.shard_tokens)?;
-    for name in ["tokenizer.json", "tokenizer_config.json"] {
-        let src = tokenizer_dir.join(name);
-        if src.is_file() {
-            let bytes = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
-            write_atomic(&out.join(name), &bytes)?;
+    for stale in ["tokenizer.json", "tokenizer_config.json", TOKENIZER_GGUF] {
+        if out.join(stale).is_file() && !tok_files.iter().any(|(n, _)| n == stale) {
+            std::fs::remove_file(out.join(stale)).with_context(|| format!("cannot replace {}", out.join(stale).display()))?;
         }
+    }
+    for (name, bytes) in &tok_files {
+        write_atomic(&out.join(name), bytes)?;
     }
     let report = PrepareReport {
         files: corpus.files.len(),
@@ -128,7 +177,7 @@ pub fn prepare(inputs: &[PathBuf], tokenizer_dir: &Path, out: &Path, opts: &Prep
         token_bytes: tb,
         vocab_size,
         eot_id: eot,
-        tokenizer_sha256: sha256_file(&out.join("tokenizer.json"))?,
+        tokenizer_sha256: sha256_file(&out.join(&tok_files[0].0))?,
         train: SplitMeta { tokens: train.len() as u64, documents: docs_train as u64, shards: train_shards },
         val: SplitMeta { tokens: val.len() as u64, documents: docs_val as u64, shards: val_shards },
         stats: serde_json::to_value(&report)?,

@@ -17,6 +17,7 @@ pub mod blocks;
 pub mod dot_scalar;
 pub mod matmul;
 pub mod quant;
+pub mod quantize;
 #[doc(hidden)]
 pub mod testing;
 #[cfg(test)]

@@ -48,6 +48,14 @@ impl Weight {
     }
 }
 
+/// The f32 matrix behind one of candle's quantized products.
+fn qmatmul_dense(q: &QMatMul) -> Result<Tensor> {
+    Ok(match q {
+        QMatMul::QTensor(t) => t.dequantize(&t.device())?,
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(candle_core::DType::F32)?,
+    })
+}
+
 /// `y = x Wᵀ + b` with `W: (out, in)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -55,6 +63,8 @@ pub struct Linear {
     bias: Option<Tensor>,
     pub in_features: usize,
     pub out_features: usize,
+    /// LoRA updates added to the output (fine-tuning, `--lora` at inference).
+    pub adapters: Vec<crate::lora::LoraDelta>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,12 +90,17 @@ impl Linear {
             Weight::Quant(q) => LinearWeight::Quant(q),
             Weight::Candle(q) => LinearWeight::Candle(QMatMul::from_arc(q)?),
         };
-        Ok(Linear { weight, bias, in_features, out_features })
+        Ok(Linear { weight, bias, in_features, out_features, adapters: Vec::new() })
     }
 
-    /// `x: (..., in) -> (..., out)`.
+    /// `x: (..., in) -> (..., out)`. When `x` tracks gradients and the weight does not (a
+    /// frozen base under LoRA), the product runs as a frozen op whose backward pass gives
+    /// only `dx` (quantized weights stay quantized).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use crate::train::kernels::frozen::{frozen_dense, frozen_quant};
+        let train_x = x.track_op();
         let y = match &self.weight {
+            LinearWeight::Dense(w) if train_x && !w.track_op() => frozen_dense(x, w)?,
             LinearWeight::Dense(w) => {
                 let dims = x.dims();
                 let lead = &dims[..dims.len() - 1];
@@ -95,12 +110,29 @@ impl Linear {
                 out.push(self.out_features);
                 y.reshape(out)?
             }
+            LinearWeight::Quant(q) if train_x => frozen_quant(x, q)?,
             LinearWeight::Quant(q) => q.forward(x)?,
+            // candle's quantized kernels have no backward pass: dequantize for this product.
+            LinearWeight::Candle(q) if train_x => frozen_dense(x, &qmatmul_dense(q)?)?,
             LinearWeight::Candle(q) => q.forward(x)?,
         };
-        Ok(match &self.bias {
+        let mut y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        };
+        for a in &self.adapters {
+            y = (y + a.forward(x)?)?;
+        }
+        Ok(y)
+    }
+
+    /// The weight as loaded (for merging adapters, export).
+    pub fn weight(&self) -> Result<Weight> {
+        Ok(match &self.weight {
+            LinearWeight::Dense(t) => Weight::Dense(t.clone()),
+            LinearWeight::Quant(q) => Weight::Quant(q.clone()),
+            LinearWeight::Candle(QMatMul::QTensor(t)) => Weight::Candle(t.clone()),
+            LinearWeight::Candle(q) => Weight::Dense(qmatmul_dense(q)?),
         })
     }
 

@@ -13,6 +13,9 @@ pub struct Batcher<'a> {
     pub seq: usize,
     pub batch: usize,
     pub seed: u64,
+    /// Aligned mode (distillation, whose teacher cache is per window): window `i` starts at
+    /// `i · seq`, and windows are drawn among the first `n`.
+    pub aligned: Option<u64>,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -30,19 +33,40 @@ impl<'a> Batcher<'a> {
                 seq + 1
             );
         }
-        Ok(Batcher { split, seq, batch, seed })
+        Ok(Batcher { split, seq, batch, seed, aligned: None })
+    }
+
+    /// Aligned windows: the split cut into `seq + 1`-token windows at multiples of `seq`,
+    /// the first `limit` of them (0 = all).
+    pub fn aligned(split: &'a TokenSplit, seq: usize, batch: usize, seed: u64, limit: usize) -> Result<Self> {
+        let mut b = Self::new(split, seq, batch, seed)?;
+        let n = aligned_count(split.len(), seq);
+        b.aligned = Some(if limit > 0 { n.min(limit as u64) } else { n });
+        Ok(b)
+    }
+
+    /// Start offsets of the windows of micro-batch `micro` of step `step`.
+    pub fn starts(&self, step: u64, micro: u64) -> Vec<u64> {
+        let mut rng = Rng::new(mix(self.seed ^ mix(step.wrapping_mul(0x9E3779B97F4A7C15) ^ mix(micro + 1))));
+        let (n, stride) = match self.aligned {
+            Some(n) => (n, self.seq as u64),
+            None => (self.split.len() - self.seq as u64, 1), // valid starts: 0..n
+        };
+        (0..self.batch).map(|_| rng.next_u64() % n * stride).collect()
     }
 
     /// `batch` windows of `seq + 1` tokens for micro-batch `micro` of step `step`.
     pub fn windows(&self, step: u64, micro: u64) -> Vec<Vec<u32>> {
-        let mut rng = Rng::new(mix(self.seed ^ mix(step.wrapping_mul(0x9E3779B97F4A7C15) ^ mix(micro + 1))));
-        let starts = self.split.len() - self.seq as u64; // valid starts: 0..starts
-        (0..self.batch)
-            .map(|_| {
-                let s = rng.next_u64() % starts;
-                self.split.window(s, self.seq + 1)
-            })
-            .collect()
+        self.starts(step, micro).into_iter().map(|s| self.split.window(s, self.seq + 1)).collect()
+    }
+}
+
+/// How many windows of `seq + 1` tokens start at multiples of `seq` in `len` tokens.
+pub fn aligned_count(len: u64, seq: usize) -> u64 {
+    if len < seq as u64 + 1 {
+        0
+    } else {
+        (len - 1) / seq as u64
     }
 }
 

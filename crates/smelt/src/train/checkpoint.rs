@@ -49,7 +49,7 @@ pub struct CheckpointState {
 }
 
 pub const FORMAT: &str = "smelt-checkpoint-1";
-pub const TOKENIZER_FILES: [&str; 2] = ["tokenizer.json", "tokenizer_config.json"];
+pub const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", crate::data::prepare::TOKENIZER_GGUF];
 
 pub fn checkpoints_dir(out: &Path) -> PathBuf {
     out.join("checkpoints")
@@ -67,11 +67,7 @@ fn injected_full_disk(step: u64) -> bool {
     std::env::var(FAULT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(step)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_synced_or_fail(path, bytes, false)
-}
-
-/// [`write_synced`]; with `full_disk`, write half of `bytes` and fail as a full disk would.
+/// Write and fsync `path`; with `full_disk`, write half of `bytes` and fail as a full disk would.
 fn write_synced_or_fail(path: &Path, bytes: &[u8], full_disk: bool) -> Result<()> {
     let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     if full_disk {
@@ -140,9 +136,55 @@ pub struct SaveInputs<'a> {
 
 /// Write a checkpoint for `state.step`; returns its folder.
 pub fn save(out: &Path, inp: &SaveInputs<'_>, keep: usize) -> Result<PathBuf> {
+    let model: Vec<(String, Tensor)> = inp.params.list.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+    let mut files = vec![
+        ("model.safetensors".to_string(), safetensors::to_bytes(&model, &[("format", "pt")])?),
+        ("optimizer.safetensors".to_string(), optimizer_bytes(inp.params, inp.opt)?),
+    ];
+    for f in TOKENIZER_FILES {
+        let src = inp.tokenizer_dir.join(f);
+        if src.is_file() {
+            files.push((f.to_string(), std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?));
+        }
+    }
+    files.push(("state.json".to_string(), serde_json::to_string_pretty(inp.state)?.into_bytes()));
+    save_files(out, inp.state.step, &files, keep)
+}
+
+/// AdamW's moments as safetensors (`m.NAME`, `v.NAME`).
+pub fn optimizer_bytes(params: &Params, opt: &AdamW) -> Result<Vec<u8>> {
+    let mut moments = Vec::with_capacity(2 * params.list.len());
+    for (i, p) in params.list.iter().enumerate() {
+        let shape = p.var.shape().clone();
+        moments.push((format!("m.{}", p.name), Tensor::from_slice(&opt.m[i], &shape, &Device::Cpu)?));
+        moments.push((format!("v.{}", p.name), Tensor::from_slice(&opt.v[i], &shape, &Device::Cpu)?));
+    }
+    safetensors::to_bytes(&moments, &[])
+}
+
+/// Read moments written by [`optimizer_bytes`] into `opt` (names must match `params`).
+pub fn read_moments(path: &Path, params: &Params, opt: &mut AdamW) -> Result<()> {
+    let t = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("cannot read {}", path.display()))?;
+    for (i, prm) in params.list.iter().enumerate() {
+        for (kind, dst) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
+            let key = format!("{kind}.{}", prm.name);
+            let x = t.get(&key).with_context(|| format!("{}: missing {key}", path.display()))?;
+            if x.dims() != prm.var.dims() {
+                bail!("{}: {key} has shape {:?}, expected {:?}", path.display(), x.dims(), prm.var.dims());
+            }
+            *dst = x.flatten_all()?.to_vec1::<f32>()?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `files` as checkpoint `step` of the run in `out` (atomically, see the module
+/// docs), point `latest` at it and keep only the newest `keep`; returns its folder. Any
+/// trainer's checkpoint goes through here.
+pub fn save_files(out: &Path, step: u64, files: &[(String, Vec<u8>)], keep: usize) -> Result<PathBuf> {
     let root = checkpoints_dir(out);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let name = step_name(inp.state.step);
+    let name = step_name(step);
     let fin = root.join(&name);
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     let previous = latest(out).ok().flatten();
@@ -151,24 +193,10 @@ pub fn save(out: &Path, inp: &SaveInputs<'_>, keep: usize) -> Result<PathBuf> {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let model: Vec<(String, Tensor)> = inp.params.list.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
-        write_synced(&tmp.join("model.safetensors"), &safetensors::to_bytes(&model, &[("format", "pt")])?)?;
-        let mut moments = Vec::with_capacity(2 * model.len());
-        for (i, p) in inp.params.list.iter().enumerate() {
-            let shape = p.var.shape().clone();
-            moments.push((format!("m.{}", p.name), Tensor::from_slice(&inp.opt.m[i], &shape, &Device::Cpu)?));
-            moments.push((format!("v.{}", p.name), Tensor::from_slice(&inp.opt.v[i], &shape, &Device::Cpu)?));
+        let fault = injected_full_disk(step);
+        for (f, bytes) in files {
+            write_synced_or_fail(&tmp.join(f), bytes, fault)?;
         }
-        let fault = injected_full_disk(inp.state.step);
-        write_synced_or_fail(&tmp.join("optimizer.safetensors"), &safetensors::to_bytes(&moments, &[])?, fault)?;
-        for f in TOKENIZER_FILES {
-            let src = inp.tokenizer_dir.join(f);
-            if src.is_file() {
-                let bytes = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
-                write_synced(&tmp.join(f), &bytes)?;
-            }
-        }
-        write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(inp.state)?.as_bytes())?;
         sync_dir(&tmp);
         if fin.exists() {
             let old = root.join(format!(".old-{name}-{}", std::process::id()));
@@ -232,19 +260,8 @@ pub fn load_params(dir: &Path, state: &CheckpointState, device: &Device) -> Resu
 
 /// The optimizer state saved beside the weights.
 pub fn load_optimizer(dir: &Path, state: &CheckpointState, params: &Params) -> Result<AdamW> {
-    let p = dir.join("optimizer.safetensors");
-    let t = candle_core::safetensors::load(&p, &Device::Cpu).with_context(|| format!("cannot read {}", p.display()))?;
     let mut opt = AdamW::new(params, &state.config.train);
-    for (i, prm) in params.list.iter().enumerate() {
-        for (kind, dst) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
-            let key = format!("{kind}.{}", prm.name);
-            let x = t.get(&key).with_context(|| format!("{}: missing {key}", p.display()))?;
-            if x.dims() != prm.var.dims() {
-                bail!("{}: {key} has shape {:?}, expected {:?}", p.display(), x.dims(), prm.var.dims());
-            }
-            *dst = x.flatten_all()?.to_vec1::<f32>()?;
-        }
-    }
+    read_moments(&dir.join("optimizer.safetensors"), params, &mut opt)?;
     opt.t = state.adam_t;
     Ok(opt)
 }

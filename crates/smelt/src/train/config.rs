@@ -200,6 +200,32 @@ impl Default for RunConfig {
     }
 }
 
+/// `[distill]`: train the model as a student of a teacher (`smelt distill`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistillConfig {
+    /// Any model smelt loads (GGUF, quantized or not, or a Hugging Face folder).
+    pub teacher: PathBuf,
+    /// Start from these weights (a checkpoint or a Llama-architecture Hugging Face folder)
+    /// instead of a fresh model of the `[model]` shape.
+    pub student: Option<PathBuf>,
+    /// α: loss = (1 − α)·CE + α·T²·KL(teacher ‖ student). 0 = plain training (no teacher pass).
+    pub kd_ratio: f64,
+    /// T: both distributions are softened by it.
+    pub temperature: f64,
+    /// Cache the teacher's top-k probabilities per position on disk (one teacher pass for
+    /// all epochs); 0 = run the teacher at every step and distil from its full distribution.
+    pub top_k: usize,
+    /// Train on the first N windows of `ctx + 1` tokens of the training split (0 = all).
+    pub windows: usize,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig { teacher: PathBuf::new(), student: None, kd_ratio: 0.5, temperature: 2.0, top_k: 64, windows: 0 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -207,6 +233,9 @@ pub struct TrainConfig {
     pub model: ModelShape,
     pub train: OptimConfig,
     pub run: RunConfig,
+    /// Present for `smelt distill` runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
 }
 
 /// Set `path` (`section.key`) in a TOML table to `value` (parsed as TOML, else a string).
@@ -261,6 +290,17 @@ impl TrainConfig {
         if self.run.keep_checkpoints == 0 {
             bail!("run.keep_checkpoints must be at least 1");
         }
+        if let Some(d) = &self.distill {
+            if !(0.0..=1.0).contains(&d.kd_ratio) {
+                bail!("distill.kd_ratio (--kd-ratio) must be in [0, 1], got {}", d.kd_ratio);
+            }
+            if !(d.temperature > 0.0 && d.temperature <= 100.0) {
+                bail!("distill.temperature must be in (0, 100], got {}", d.temperature);
+            }
+            if d.teacher.as_os_str().is_empty() {
+                bail!("distill.teacher (--teacher) is required");
+            }
+        }
         Ok(())
     }
 
@@ -275,10 +315,16 @@ impl TrainConfig {
         let a = serde_json::to_value(self).expect("serialisable");
         let b = serde_json::to_value(other).expect("serialisable");
         let mut out = Vec::new();
-        for section in ["model", "train"] {
-            let (Some(sa), Some(sb)) = (a[section].as_object(), b[section].as_object()) else { continue };
+        for section in ["model", "train", "distill"] {
+            let (Some(sa), Some(sb)) = (a[section].as_object(), b[section].as_object()) else {
+                if a[section].is_null() != b[section].is_null() {
+                    out.push(format!("[{section}]: {} vs {}", if a[section].is_null() { "absent" } else { "present" }, if b[section].is_null() { "absent" } else { "present" }));
+                }
+                continue;
+            };
             for (k, va) in sa {
-                if section == "train" && k == "steps" {
+                // The teacher may move; the student only matters for the first step.
+                if (section == "train" && k == "steps") || (section == "distill" && (k == "teacher" || k == "student")) {
                     continue;
                 }
                 let vb = sb.get(k).unwrap_or(&serde_json::Value::Null);

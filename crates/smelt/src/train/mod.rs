@@ -3,7 +3,7 @@
 //!
 //! * [`config`] — `train.toml`; [`params`] — the weights as variables and their init;
 //! * [`batches`] — training windows; [`schedule`] — warm-up + cosine learning rate;
-//! * [`loss`] — fused cross-entropy; [`optim`] — fused AdamW and the gradient norm;
+//! * [`loss`] — fused cross-entropy; [`kd_loss`] — fused distillation loss (KL + CE); [`optim`] — fused AdamW and the gradient norm;
 //! * [`step`] — one optimizer step; [`trainer`] — the loop; [`checkpoint`], [`metrics`];
 //! * [`bench`] — throughput measurement; [`simd`] — kernel dispatch helpers.
 
@@ -12,6 +12,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod kernels;
 pub mod config;
+pub mod kd_loss;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -5,15 +5,60 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::kd_loss::KdParts;
 use super::loss::{cross_entropy, lm_head_cross_entropy_with};
 use super::optim::{sum_squares, AdamW, StepParams};
 use super::params::Params;
 use crate::model::{Decoder, Logits, SeqInput};
 
-/// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows;
-/// `bf16`: the output projection in bf16 (see `train.bf16`).
-pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>], bf16: bool) -> Result<(f64, Vec<Tensor>)> {
-    let loss = batch_loss_with(decoder, windows, bf16)?;
+/// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows.
+pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) -> Result<(f64, Vec<Tensor>)> {
+    loss_and_grads_with(decoder, params, windows, false)
+}
+
+/// [`loss_and_grads`] with the output projection in bf16 when `bf16` (`train.bf16`) and
+/// the CPU has AVX-512 BF16.
+pub fn loss_and_grads_with(decoder: &Decoder, params: &Params, windows: &[Vec<u32>], bf16: bool) -> Result<(f64, Vec<Tensor>)> {
+    grads_of(&batch_loss_with(decoder, windows, bf16)?, params)
+}
+
+/// Mean next-token loss of `windows` (each `inputs + 1` tokens) as a scalar tensor.
+pub fn batch_loss(decoder: &Decoder, windows: &[Vec<u32>]) -> Result<Tensor> {
+    batch_loss_with(decoder, windows, false)
+}
+
+/// [`batch_loss`], the output projection in bf16 when `bf16` (and the CPU has it).
+pub fn batch_loss_with(decoder: &Decoder, windows: &[Vec<u32>], bf16: bool) -> Result<Tensor> {
+    let inputs: Vec<&[u32]> = windows.iter().map(|w| &w[..w.len() - 1]).collect();
+    let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
+    sequences_loss_with(decoder, &inputs, &targets, bf16)
+}
+
+/// Mean loss of independent sequences run in one forward pass (each attends only to
+/// itself: packing without cross-contamination), against `targets` (one per input token,
+/// concatenated; [`IGNORE`](super::loss::IGNORE) entries are not counted).
+pub fn sequences_loss(decoder: &Decoder, inputs: &[&[u32]], targets: &[u32]) -> Result<Tensor> {
+    sequences_loss_with(decoder, inputs, targets, false)
+}
+
+/// [`sequences_loss`], the output projection in bf16 when `bf16` (and the CPU has it).
+pub fn sequences_loss_with(decoder: &Decoder, inputs: &[&[u32]], targets: &[u32], bf16: bool) -> Result<Tensor> {
+    let mut seqs: Vec<SeqInput<'_>> = inputs.iter().map(|t| SeqInput { tokens: t, cache: None }).collect();
+    match (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
+        (Some(w), None) if decoder.lm_head.adapters.is_empty() => {
+            let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
+            lm_head_cross_entropy_with(&h, w, targets, bf16)
+        }
+        _ => {
+            let logits = decoder.forward(&mut seqs, Logits::All)?; // (Σ seq, vocab)
+            cross_entropy(&logits, targets)
+        }
+    }
+}
+
+/// The value of `loss` and the gradients of `params` (in their order; zeros for a
+/// parameter the loss does not reach).
+pub fn grads_of(loss: &Tensor, params: &Params) -> Result<(f64, Vec<Tensor>)> {
     let value = loss.to_scalar::<f32>()? as f64;
     let mut store = loss.backward()?;
     let grads = params
@@ -27,34 +72,19 @@ pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>], 
     Ok((value, grads))
 }
 
-/// Mean next-token loss of `windows` (each `inputs + 1` tokens) as a scalar tensor.
-pub fn batch_loss(decoder: &Decoder, windows: &[Vec<u32>]) -> Result<Tensor> {
-    batch_loss_with(decoder, windows, false)
-}
-
-/// [`batch_loss`], with the output projection in bf16 when `bf16` (and the CPU has it).
-pub fn batch_loss_with(decoder: &Decoder, windows: &[Vec<u32>], bf16: bool) -> Result<Tensor> {
-    let mut seqs: Vec<SeqInput<'_>> = windows.iter().map(|w| SeqInput { tokens: &w[..w.len() - 1], cache: None }).collect();
-    let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
-    match (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
-        (Some(w), None) => {
-            let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
-            lm_head_cross_entropy_with(&h, w, &targets, bf16)
-        }
-        _ => {
-            let logits = decoder.forward(&mut seqs, Logits::All)?; // (Σ seq, vocab)
-            cross_entropy(&logits, &targets)
-        }
-    }
-}
-
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Mean cross-entropy and KL of a distillation step.
+    pub kd: Option<KdParts>,
 }
+
+/// The loss of micro-batch `k` (its windows given) through the decoder being trained, and
+/// the distillation parts when it is a distillation loss.
+pub type LossFn<'a> = dyn Fn(&Decoder, usize, &[Vec<u32>]) -> Result<(Tensor, Option<KdParts>)> + 'a;
 
 /// Accumulate gradients over `micro_batches`, clip, update. `lr`, `weight_decay`, `clip`
 /// as configured (clip 0 = off); `bf16` as `train.bf16`.
@@ -69,10 +99,54 @@ pub fn optimizer_step(
     clip: f64,
     bf16: bool,
 ) -> Result<StepStats> {
+    accumulate_and_step(params, opt, micro_batches.len(), |k| loss_and_grads_with(decoder, params, &micro_batches[k], bf16), lr, weight_decay, clip)
+}
+
+/// [`optimizer_step`] with any loss (e.g. distillation); the distillation parts are
+/// averaged over the micro-batches into [`StepStats::kd`].
+#[allow(clippy::too_many_arguments)]
+pub fn optimizer_step_with(
+    decoder: &Decoder,
+    params: &Params,
+    opt: &mut AdamW,
+    micro_batches: &[Vec<Vec<u32>>],
+    loss_fn: &LossFn<'_>,
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+) -> Result<StepStats> {
+    let n = micro_batches.len();
+    let mut kd: Option<KdParts> = None;
+    let micro = |k: usize| {
+        let (t, parts) = loss_fn(decoder, k, &micro_batches[k])?;
+        if let Some(p) = parts {
+            let a = kd.get_or_insert_with(KdParts::default);
+            a.ce += p.ce / n as f64;
+            a.kl += p.kl / n as f64;
+        }
+        grads_of(&t, params)
+    };
+    let stats = accumulate_and_step(params, opt, n, micro, lr, weight_decay, clip)?;
+    Ok(StepStats { kd, ..stats })
+}
+
+/// One optimizer step over `n` micro-batches whose loss and gradients `micro(k)` gives:
+/// gradients averaged, clipped to `clip` (0 = off), AdamW applied. Shared by every
+/// trainer (pre-training, LoRA fine-tuning, distillation).
+pub fn accumulate_and_step(
+    params: &Params,
+    opt: &mut AdamW,
+    n: usize,
+    mut micro: impl FnMut(usize) -> Result<(f64, Vec<Tensor>)>,
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+) -> Result<StepStats> {
+    anyhow::ensure!(n > 0, "an optimizer step needs at least one micro-batch");
     let mut acc: Option<Vec<Tensor>> = None;
     let mut loss = 0.0;
-    for mb in micro_batches {
-        let (l, g) = loss_and_grads(decoder, params, mb, bf16)?;
+    for k in 0..n {
+        let (l, g) = micro(k)?;
         loss += l;
         acc = Some(match acc {
             None => g,
@@ -80,7 +154,7 @@ pub fn optimizer_step(
         });
     }
     let grads = acc.expect("at least one micro-batch");
-    let k = micro_batches.len() as f64;
+    let k = n as f64;
     let mut sq = 0.0;
     for g in &grads {
         sq += sum_squares(g)?;
@@ -91,7 +165,7 @@ pub fn optimizer_step(
         scale *= clip / (grad_norm + 1e-6);
     }
     opt.step(params, &grads, StepParams { lr: lr as f32, weight_decay: weight_decay as f32, grad_scale: scale as f32 })?;
-    Ok(StepStats { loss: loss / k, grad_norm })
+    Ok(StepStats { loss: loss / k, grad_norm, kd: None })
 }
 
 /// Mean next-token loss over `windows`, `batch` windows per forward pass, without gradients.

@@ -17,7 +17,7 @@ use super::metrics::MetricsLog;
 use super::optim::AdamW;
 use super::params::Params;
 use super::schedule::lr_at;
-use super::step::{evaluate, optimizer_step};
+use super::step::{evaluate, optimizer_step, optimizer_step_with};
 use crate::data::{DataMeta, TokenSplit};
 use crate::generate::{generate, Flow, GenerateParams, Session};
 use crate::sample::SamplingParams;
@@ -72,11 +72,13 @@ struct Run {
     last_val: Option<f64>,
 }
 
-/// Start a new run or load the latest checkpoint of `cfg.run.out`.
-fn open_run(mut cfg: TrainConfig, resume: bool) -> Result<Run> {
+/// Start a new run or load the latest checkpoint of `cfg.run.out`. `teacher_vocab`: the
+/// logit width a distillation student needs.
+fn open_run(mut cfg: TrainConfig, resume: bool, teacher_vocab: Option<usize>) -> Result<Run> {
     let meta = DataMeta::read(&cfg.data.dir)?;
+    let student_from = cfg.distill.as_ref().and_then(|d| d.student.clone());
     if cfg.model.vocab == 0 {
-        cfg.model.vocab = meta.vocab_size;
+        cfg.model.vocab = teacher_vocab.unwrap_or(meta.vocab_size);
     } else if cfg.model.vocab < meta.vocab_size {
         bail!("model.vocab {} is smaller than the tokenizer's {} tokens", cfg.model.vocab, meta.vocab_size);
     }
@@ -86,6 +88,9 @@ fn open_run(mut cfg: TrainConfig, resume: bool) -> Result<Run> {
     if resume {
         let dir = existing.with_context(|| format!("--resume: {} has no checkpoint to continue from", out.display()))?;
         let state = checkpoint::read_state(&dir)?;
+        if student_from.is_some() {
+            cfg.model = state.config.model.clone(); // the shape came from the student
+        }
         let conflicts = cfg.resume_conflicts(&state.config);
         if !conflicts.is_empty() {
             bail!(
@@ -108,8 +113,16 @@ fn open_run(mut cfg: TrainConfig, resume: bool) -> Result<Run> {
                 d.file_name().unwrap_or_default().to_string_lossy()
             );
         }
-        let mcfg = cfg.model.llama_config()?;
-        let params = Params::init(&mcfg, cfg.train.seed, &device)?;
+        let params = match &student_from {
+            Some(path) => {
+                let s = crate::distill::student::load_student(path, cfg.model.ctx)?;
+                let data_tok = crate::data::prepare::load_data_tokenizer(&cfg.data.dir)?;
+                crate::distill::vocab::check_same_vocab(&s.tokenizer, "student", &data_tok, "training data")?;
+                cfg.model = s.shape;
+                s.params
+            }
+            None => Params::init(&cfg.model.llama_config()?, cfg.train.seed, &device)?,
+        };
         let opt = AdamW::new(&params, &cfg.train);
         Ok(Run { cfg, meta, params, opt, step: 0, tokens_seen: 0, elapsed_before: 0.0, last_val: None })
     }
@@ -136,7 +149,11 @@ fn write_sample(out: &Path, step: u64, text: &str) -> Result<()> {
 }
 
 pub fn train(cfg: TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
-    let mut run = open_run(cfg, opts.resume)?;
+    let teacher = match &cfg.distill {
+        Some(d) => Some(crate::distill::load_teacher(&d.teacher, cfg.model.ctx)?),
+        None => None,
+    };
+    let mut run = open_run(cfg, opts.resume, teacher.as_ref().map(|t| t.decoder.cfg.vocab_size))?;
     let cfg = run.cfg.clone();
     let out = cfg.run.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -145,9 +162,29 @@ pub fn train(cfg: TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     let train_split = TokenSplit::open(&data_dir, &run.meta, &run.meta.train)?;
     let val_split = TokenSplit::open(&data_dir, &run.meta, &run.meta.val)?;
     let seq = cfg.model.ctx;
-    let batcher = Batcher::new(&train_split, seq, cfg.train.batch_size, cfg.train.seed)?;
+    let batcher = match &cfg.distill {
+        Some(d) => Batcher::aligned(&train_split, seq, cfg.train.batch_size, cfg.train.seed, d.windows)?,
+        None => Batcher::new(&train_split, seq, cfg.train.batch_size, cfg.train.seed)?,
+    };
     let val_windows = eval_windows(&val_split, seq, cfg.run.eval_tokens);
-    let tokenizer = Tokenizer::from_hf_dir(&data_dir).with_context(|| format!("{}: tokenizer", data_dir.display()))?;
+    let tokenizer = crate::data::prepare::load_data_tokenizer(&data_dir)?;
+    let distiller = match (&cfg.distill, teacher) {
+        (Some(d), Some(t)) => {
+            let rd = crate::distill::RunData {
+                meta: &run.meta,
+                data_tokenizer: &tokenizer,
+                train: &train_split,
+                seq,
+                windows: batcher.aligned.unwrap_or(0),
+                batch: cfg.train.batch_size,
+                student_vocab: run.params.cfg.vocab_size,
+                out: &out,
+                progress: opts.progress,
+            };
+            Some(crate::distill::Distiller::new(d, t, &rd)?)
+        }
+        _ => None,
+    };
     let decoder = run.params.decoder(seq)?;
     let eval_decoder = run.params.eval_decoder(seq)?;
     let mut metrics = MetricsLog::open(&out, opts.resume.then_some(run.step))?;
@@ -191,8 +228,15 @@ pub fn train(cfg: TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
     while run.step < total {
         let step = run.step;
         let lr = lr_at(&cfg.train, step);
-        let micro: Vec<Vec<Vec<u32>>> = (0..cfg.train.grad_accum as u64).map(|k| batcher.windows(step, k)).collect();
-        let stats = optimizer_step(&decoder, &run.params, &mut run.opt, &micro, lr, cfg.train.weight_decay, cfg.train.grad_clip, cfg.train.bf16)?;
+        let starts: Vec<Vec<u64>> = (0..cfg.train.grad_accum as u64).map(|k| batcher.starts(step, k)).collect();
+        let micro: Vec<Vec<Vec<u32>>> = starts.iter().map(|s| s.iter().map(|&x| train_split.window(x, seq + 1)).collect()).collect();
+        let stats = match &distiller {
+            None => optimizer_step(&decoder, &run.params, &mut run.opt, &micro, lr, cfg.train.weight_decay, cfg.train.grad_clip, cfg.train.bf16)?,
+            Some(ds) => {
+                let loss_fn = |d: &crate::model::Decoder, k: usize, w: &[Vec<u32>]| ds.loss(d, w, &starts[k]);
+                optimizer_step_with(&decoder, &run.params, &mut run.opt, &micro, &loss_fn, lr, cfg.train.weight_decay, cfg.train.grad_clip)?
+            }
+        };
         if !stats.loss.is_finite() {
             bail!("the training loss became {} at step {} (lower train.lr or raise warmup_steps)", stats.loss, step + 1);
         }
@@ -208,15 +252,21 @@ pub fn train(cfg: TrainConfig, opts: &TrainOptions) -> Result<TrainOutcome> {
             (window_start, window_tokens) = (Instant::now(), 0);
         }
         pb.set_position(run.step);
-        pb.set_message(format!("loss {:.3} | {:.0} tok/s | lr {:.1e}", stats.loss, tok_s, lr));
+        let kd_msg = stats.kd.map(|p| format!(" (ce {:.3}, kl {:.3})", p.ce, p.kl)).unwrap_or_default();
+        pb.set_message(format!("loss {:.3}{kd_msg} | {:.0} tok/s | lr {:.1e}", stats.loss, tok_s, lr));
 
         let last = run.step == total;
         if run.step % cfg.run.log_every.max(1) == 0 || last {
-            metrics.append(serde_json::json!({
+            let mut rec = serde_json::json!({
                 "step": run.step, "loss": stats.loss, "lr": lr, "grad_norm": stats.grad_norm,
                 "tokens": run.tokens_seen, "tok_per_s": tok_s.round(),
                 "elapsed_s": run.elapsed_before + session_start.elapsed().as_secs_f64(),
-            }))?;
+            });
+            if let Some(p) = stats.kd {
+                rec["ce"] = p.ce.into();
+                rec["kl"] = p.kl.into();
+            }
+            metrics.append(rec)?;
         }
         let elapsed = session_start.elapsed().as_secs_f64();
         paused = if last {

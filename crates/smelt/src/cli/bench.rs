@@ -1,0 +1,125 @@
+//! `smelt bench [MODEL] [--shape NAME --quant TYPE [--out F]] [-p 512] [-n 128] [-d D] [-r 5] [--json]`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::bench::{self, shapes, BenchReport, Kind};
+use crate::kernels::Isa;
+use crate::load::gguf::{Bytes, GgufFile};
+use crate::quantize::FileType;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A GGUF file (or use --shape).
+    pub model: Option<PathBuf>,
+    /// Build a random-weight model of this real shape in memory: stories110m, smollm2-135m,
+    /// smollm2-360m, tinyllama-1.1b, gemma-2b, phi3-mini, mistral-7b.
+    #[arg(long, conflicts_with = "model")]
+    pub shape: Option<String>,
+    /// Type of the --shape model: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k_m, q5_k_m, q6_k, f16.
+    #[arg(long, default_value = "q4_0", requires = "shape")]
+    pub quant: String,
+    /// Write the --shape model to this GGUF file (for llama-bench) instead of benchmarking it.
+    #[arg(long, requires = "shape")]
+    pub out: Option<PathBuf>,
+    /// Prompt tokens for the prefill test (0: skip).
+    #[arg(long, short = 'p', default_value_t = 512)]
+    pub prompt: usize,
+    /// Tokens for the decode test (0: skip).
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub gen: usize,
+    /// Tokens already in the cache before each test.
+    #[arg(long, short = 'd', default_value_t = 0)]
+    pub depth: usize,
+    /// Timed repetitions of each test.
+    #[arg(long, short = 'r', default_value_t = 5)]
+    pub reps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
+    let (file, label) = match (&a.model, &a.shape) {
+        (Some(p), None) => (bench::open(p)?, p.display().to_string()),
+        (None, Some(s)) => {
+            let shape = shapes::find(s)?;
+            let ftype = FileType::parse(&a.quant)?;
+            eprintln!("building a random {} model in {} ...", shape.name, ftype.name());
+            let w = shapes::random_gguf(&shape, ftype, 42)?;
+            if let Some(out) = &a.out {
+                w.write(out)?;
+                println!("wrote {} ({} random weights, {}) to {}", shape.name, ftype.name(), human(std::fs::metadata(out)?.len()), out.display());
+                return Ok(());
+            }
+            let bytes = w.to_bytes();
+            drop(w);
+            (Arc::new(GgufFile::from_bytes(Bytes::Owned(Arc::new(bytes)))?), format!("{} (random, {})", shape.name, ftype.name()))
+        }
+        (None, None) => bail!("give a GGUF file or --shape NAME"),
+        (Some(_), Some(_)) => unreachable!("clap rejects MODEL with --shape"),
+    };
+    if a.prompt == 0 && a.gen == 0 {
+        bail!("nothing to measure: -p and -n are both 0");
+    }
+    let dec = bench::decoder_from_gguf(file.clone(), bench::ctx_needed(a.prompt, a.gen, a.depth))?;
+    let mut tests = Vec::new();
+    if a.prompt > 0 {
+        tests.push(bench::run_test(&dec, Kind::Prefill, a.prompt, a.depth, a.reps, 1)?);
+    }
+    if a.gen > 0 {
+        tests.push(bench::run_test(&dec, Kind::Decode, a.gen, a.depth, a.reps, 2)?);
+    }
+    let threads = threads.unwrap_or_else(rayon::current_num_threads);
+    // Before the bandwidth test, which allocates a buffer of its own.
+    let peak_rss_bytes = bench::peak_rss();
+    let report = BenchReport {
+        model: label,
+        types: bench::type_summary(&file),
+        file_bytes: file.file_size() as u64,
+        params: bench::n_params(&file),
+        threads,
+        isa: format!("{:?}", Isa::current()),
+        weight_bytes_per_token: bench::weight_bytes_per_token(&file),
+        tests,
+        mem_read_gbs: bench::membw::read_bandwidth(512 << 20, 5),
+        peak_rss_bytes,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "model: {} | {} | {} | {:.2} B params | {} threads | {} kernels",
+        report.model,
+        report.types,
+        human(report.file_bytes),
+        report.params as f64 / 1e9,
+        report.threads,
+        report.isa
+    );
+    println!("| test            |             t/s | bandwidth |");
+    println!("| --------------- | --------------: | --------: |");
+    for t in &report.tests {
+        let bw = if t.kind == Kind::Decode { format!("{:.1} GB/s", report.decode_gbs(t)) } else { "-".into() };
+        println!("| {:<15} | {:>8.2} ± {:<5.2} | {bw:>9} |", t.name, t.mean, t.sd);
+    }
+    println!(
+        "weights read per decoded token: {}; memory read bandwidth with {} threads: {:.1} GB/s; peak RSS: {}",
+        human(report.weight_bytes_per_token),
+        report.threads,
+        report.mem_read_gbs,
+        report.peak_rss_bytes.map_or("?".into(), human)
+    );
+    Ok(())
+}
+
+fn human(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}

@@ -1,0 +1,124 @@
+//! `smelt distill --teacher T [--student S] --data D --out O [--kd-ratio A] [--temperature T]`
+//! and `smelt synth`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::train::{run_config, toml_str};
+use crate::data::corpus::CorpusOptions;
+use crate::data::prepare::{prepare, PrepareOptions};
+use crate::train::TrainConfig;
+
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// The teacher: any model smelt loads (GGUF, quantized ok, or a Hugging Face folder).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// Start from this student (a smelt checkpoint or a Llama Hugging Face folder);
+    /// default: a fresh model of the [model] shape (--set model.dim=... etc.).
+    #[arg(long)]
+    pub student: Option<PathBuf>,
+    /// A prepared data folder (smelt data prepare, with the teacher's tokenizer), or text
+    /// files, tokenized with the teacher's tokenizer into OUT/data.
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Run folder (checkpoints, metrics.jsonl, loss.svg, teacher cache).
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// α in (1 − α)·CE + α·T²·KL (0 = no distillation: the plain baseline).
+    #[arg(long)]
+    pub kd_ratio: Option<f64>,
+    /// Softening temperature T.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Cache the teacher's top-k per position (one teacher pass); 0 = run the teacher every
+    /// step on the full vocabulary.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Train on the first N windows of the training split (0 = all).
+    #[arg(long)]
+    pub windows: Option<usize>,
+    /// Window length in tokens (model.ctx).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction held out when --data is text.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// TOML config ([data], [model], [train], [run], [distill]); flags override it.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Any setting, e.g. --set model.dim=64 --set run.eval_every=100 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Train at most N steps now, then checkpoint and stop (continue with --resume).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<u64>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn distill(a: DistillArgs) -> Result<()> {
+    let mut sets = vec![format!("distill.teacher={}", toml_str(&a.teacher.to_string_lossy()))];
+    if let Some(s) = &a.student {
+        sets.push(format!("distill.student={}", toml_str(&s.to_string_lossy())));
+    }
+    let mut push = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            sets.push(format!("{k}={v}"));
+        }
+    };
+    push("run.out", a.out.as_ref().map(|o| toml_str(&o.to_string_lossy())));
+    push("distill.kd_ratio", a.kd_ratio.map(|v| format!("{v:e}")));
+    push("distill.temperature", a.temperature.map(|v| format!("{v:e}")));
+    push("distill.top_k", a.top_k.map(|v| v.to_string()));
+    push("distill.windows", a.windows.map(|v| v.to_string()));
+    push("model.ctx", a.ctx.map(|v| v.to_string()));
+    push("train.steps", a.steps.map(|v| v.to_string()));
+    push("train.batch_size", a.batch_size.map(|v| v.to_string()));
+    push("train.lr", a.lr.map(|v| format!("{v:e}")));
+    push("train.seed", a.seed.map(|v| v.to_string()));
+    sets.extend(a.set.iter().cloned());
+    let mut cfg = TrainConfig::load(a.config.as_deref(), &sets)?;
+    if cfg.distill.is_none() {
+        bail!("internal: no [distill] section");
+    }
+    // Data: a prepared folder as is; text files prepared into OUT/data with the teacher's tokenizer.
+    match a.data.as_slice() {
+        [] => {
+            if a.config.is_none() {
+                bail!("--data is required: a prepared data folder or text files");
+            }
+        }
+        [d] if d.join("meta.json").is_file() => cfg.data.dir = d.clone(),
+        files => {
+            if !a.resume {
+                if let Some(c) = crate::train::checkpoint::latest(&cfg.run.out)? {
+                    bail!("{} already holds a run (latest checkpoint {}): add --resume to continue it, or choose another --out", cfg.run.out.display(), c.display());
+                }
+            }
+            let dir = cfg.run.out.join("data");
+            if !(a.resume && dir.join("meta.json").is_file()) {
+                let opts = PrepareOptions { corpus: CorpusOptions { doc_separator: None, val_fraction: a.val_fraction }, ..Default::default() };
+                let r = prepare(files, &a.teacher, &dir, &opts)?;
+                if !a.quiet {
+                    eprintln!("prepared {} training and {} held-out tokens with the teacher's tokenizer into {}", r.tokens_train, r.tokens_val, dir.display());
+                }
+            }
+            cfg.data.dir = dir;
+        }
+    }
+    run_config(cfg, a.resume, a.stop_after, a.quiet)
+}
