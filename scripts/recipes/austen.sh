@@ -5,11 +5,11 @@
 #
 #   scripts/recipes/austen.sh [CORPUS] [OUT]
 #
-#   CORPUS    default ../shared/data/austen_6novels.txt (relative to the repository root)
-#   OUT       default runs/austen (tokenizer/, data/, run/, austen.gguf, austen-hf/)
+#   CORPUS    default <repository>/../shared/data/austen_6novels.txt
+#   OUT       default <repository>/runs/austen (tokenizer/, data/, run/, austen.gguf, austen-hf/)
 #   MINUTES   training wall time (default 30)
 #   THREADS   default 2
-#   STEPS     optimizer steps; default: measured — a 20-step timing run sets how many steps
+#   STEPS     optimizer steps; default: measured — a 10-step timing run sets how many steps
 #             fit in MINUTES, so the cosine schedule ends when the time does
 #   SMELT     the smelt binary (default target/release/smelt, built if missing)
 #
@@ -17,12 +17,14 @@
 # every evaluation in OUT/run/samples.txt. Re-running continues an unfinished run (--resume).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-CORPUS="${1:-../shared/data/austen_6novels.txt}"
-OUT="${2:-runs/austen}"
+# Paths given are relative to where the script is called from; defaults to the repository.
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+CORPUS="$(abs "${1:-$ROOT/../shared/data/austen_6novels.txt}")"
+OUT="$(abs "${2:-$ROOT/runs/austen}")"
 MINUTES="${MINUTES:-30}"
 THREADS="${THREADS:-2}"
-SMELT="${SMELT:-target/release/smelt}"
+SMELT="$(abs "${SMELT:-$ROOT/target/release/smelt}")"
+cd "$ROOT"
 CONFIG="$ROOT/scripts/recipes/austen.toml"
 
 [ -f "$CORPUS" ] || { echo "austen.sh: corpus $CORPUS not found (give its path as the first argument)" >&2; exit 1; }
@@ -42,10 +44,10 @@ if [ -f "$OUT/run/checkpoints/latest" ]; then
   RESUME=(--resume)
   STEPS="$(sed -n 's/^steps = //p' "$OUT/run/config.toml")"
 elif [ -z "${STEPS:-}" ]; then
-  # Time 20 steps of the real model and data (in a scratch folder), then size the schedule
+  # Time 10 steps of the real model and data (in a scratch folder), then size the schedule
   # to MINUTES, leaving 4% for evaluations, samples and checkpoints.
   rm -rf "$OUT/timing"
-  "$SMELT" -t "$THREADS" train -c "$CONFIG" --data "$OUT/data" -o "$OUT/timing" --steps 20 --quiet \
+  "$SMELT" -t "$THREADS" train -c "$CONFIG" --data "$OUT/data" -o "$OUT/timing" --steps 10 --quiet \
     --set run.eval_every=0 --set run.eval_tokens=256 --set run.sample_tokens=0 >/dev/null
   TOKS="$(tail -n 2 "$OUT/timing/metrics.jsonl" | sed -n 's/.*"tok_per_s":\([0-9.]*\).*/\1/p' | head -n 1)"
   rm -rf "$OUT/timing"
