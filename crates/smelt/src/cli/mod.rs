@@ -63,6 +63,8 @@ pub enum Command {
     BenchTrain(train::BenchTrainArgs),
     /// Distil a teacher into a student that shares its tokenizer (KL on logits + cross-entropy).
     Distill(distill::DistillArgs),
+    /// Measure distillation throughput (tokens/s) for a teacher and student shape on random tokens.
+    BenchDistill(train::BenchDistillArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
 }
@@ -108,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
         Command::Distill(a) => distill::distill(a),
+        Command::BenchDistill(a) => train::bench_distill(a),
         Command::Export(a) => export::export(a),
     });
     match result {
