@@ -63,6 +63,8 @@ pub enum Command {
     BenchTrain(train::BenchTrainArgs),
     /// Distil a teacher into a student that shares its tokenizer (KL on logits + cross-entropy).
     Distill(distill::DistillArgs),
+    /// Sample teacher replies to prompts into chat JSONL (sequence-level distillation data).
+    Synth(distill::SynthArgs),
     /// Measure distillation throughput (tokens/s) for a teacher and student shape on random tokens.
     BenchDistill(train::BenchDistillArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
@@ -110,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
         Command::Distill(a) => distill::distill(a),
+        Command::Synth(a) => distill::synth(a),
         Command::BenchDistill(a) => train::bench_distill(a),
         Command::Export(a) => export::export(a),
     });
