@@ -116,6 +116,15 @@ fn distill_with_live_teacher_lowers_kl() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_kl_falls(&a, 20);
     assert!(!a.join("teacher-topk").exists(), "no cache without --top-k");
+    // A student that starts from that run's checkpoint keeps its shape and weights.
+    let c = d.join("c");
+    let o = distill(&t, &a.join("data"), &c, &["--steps", "2", "--top-k", "0", "--kd-ratio", "1", "--temperature", "1", "--student", &s(&a), "--set", "model.dim=48"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = std::fs::read_to_string(c.join("config.toml")).unwrap();
+    assert!(cfg.contains("dim = 16"), "the student's shape, not --set model.dim: {cfg}");
+    let kl_c = kd_curve(&c)[0].0;
+    let kl_a_end = kd_curve(&a).last().unwrap().0;
+    assert!(kl_c < kd_curve(&a)[0].0 && (kl_c - kl_a_end).abs() < 0.5 * kl_a_end, "continues from the trained student: {kl_c} vs {kl_a_end}");
     // --kd-ratio 0 is plain training: no KL logged, no teacher pass.
     let b = d.join("b");
     let o = distill(&t, &text, &b, &["--steps", "3", "--kd-ratio", "0"]);

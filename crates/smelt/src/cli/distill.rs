@@ -122,3 +122,88 @@ pub fn distill(a: DistillArgs) -> Result<()> {
     }
     run_config(cfg, a.resume, a.stop_after, a.quiet)
 }
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// The teacher: any model smelt loads.
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// JSONL, one prompt per line: {"prompt": "..."} or {"messages": [...]} ending with a user turn.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output JSONL of {"messages": [..., {"role": "assistant", ...}]} (written atomically).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// Replies sampled per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    #[arg(long = "temperature", alias = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Drop replies shorter than this many characters.
+    #[arg(long, default_value_t = 1)]
+    pub min_chars: usize,
+    /// Drop replies longer than this many characters (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_chars: usize,
+    /// Drop replies in which more than this fraction of word 3-grams repeat.
+    #[arg(long, default_value_t = 0.5)]
+    pub max_repeat: f64,
+    /// Keep only replies that are valid JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep replies cut off at --max-tokens (dropped by default).
+    #[arg(long)]
+    pub keep_truncated: bool,
+    /// Context size for the teacher (default: the model's, bounded by memory).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the report as JSON.
+    #[arg(long = "report-json")]
+    pub report_json: bool,
+}
+
+pub fn synth(a: SynthArgs) -> Result<()> {
+    use crate::distill::synth::{read_prompts, synth as run_synth, write_jsonl, SynthOptions};
+    let prompts = read_prompts(&a.prompts)?;
+    if !(0.0..=1.0).contains(&a.max_repeat) {
+        bail!("--max-repeat must be in [0, 1], got {}", a.max_repeat);
+    }
+    let model = crate::load::load(&a.teacher, &crate::load::LoadOptions { ctx: a.ctx }).map_err(|e| e.context(format!("teacher {}", a.teacher.display())))?;
+    let sampling = crate::sample::SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, min_p: 0.0, seed: Some(a.seed), ..Default::default() };
+    let opts = SynthOptions {
+        n: a.n,
+        max_tokens: a.max_tokens,
+        sampling,
+        batch: a.batch,
+        min_chars: a.min_chars,
+        max_chars: a.max_chars,
+        max_repeat: a.max_repeat,
+        json: a.json,
+        keep_truncated: a.keep_truncated,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let (records, r) = run_synth(&model, &prompts, &opts)?;
+    write_jsonl(&a.out, &records)?;
+    if a.report_json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} prompts, {} replies: kept {} (dropped {} duplicate, {} truncated, {} too short, {} too long, {} repetitive, {} invalid JSON, {} prompts too long); {} tokens in {:.1}s; wrote {}",
+            r.prompts, r.generated, r.kept, r.duplicates, r.truncated, r.too_short, r.too_long, r.repetitive, r.invalid_json, r.prompt_too_long, r.tokens_generated, r.seconds, a.out.display()
+        );
+    }
+    Ok(())
+}

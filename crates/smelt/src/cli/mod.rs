@@ -71,6 +71,10 @@ pub enum Command {
     Finetune(finetune::FinetuneArgs),
     /// Distil a teacher into a student that shares its tokenizer (KL on logits + cross-entropy).
     Distill(distill::DistillArgs),
+    /// Sample teacher replies to prompts into chat JSONL (sequence-level distillation data).
+    Synth(distill::SynthArgs),
+    /// Measure distillation throughput (tokens/s) for a teacher and student shape on random tokens.
+    BenchDistill(train::BenchDistillArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
     /// Quantize a GGUF model to another type (q4_0 ... q8_0, q4_k_m, q5_k_m, q6_k, f16).
@@ -122,6 +126,8 @@ pub fn main() -> ExitCode {
         Command::BenchTrain(a) => train::bench(a),
         Command::Finetune(a) => finetune::finetune(a),
         Command::Distill(a) => distill::distill(a),
+        Command::Synth(a) => distill::synth(a),
+        Command::BenchDistill(a) => train::bench_distill(a),
         Command::Export(a) => export::export(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Bench(a) => bench::bench(a, cli.threads),

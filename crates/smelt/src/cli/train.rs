@@ -176,3 +176,57 @@ pub fn bench(a: BenchTrainArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct BenchDistillArgs {
+    /// Teacher shape: dim, layers, heads, ffn (kv heads = heads).
+    #[arg(long, num_args = 4, value_names = ["DIM", "LAYERS", "HEADS", "FFN"], default_values_t = [288, 6, 6, 768])]
+    pub teacher: Vec<usize>,
+    /// Student shape: dim, layers, heads, ffn.
+    #[arg(long, num_args = 4, value_names = ["DIM", "LAYERS", "HEADS", "FFN"], default_values_t = [64, 4, 4, 192])]
+    pub student: Vec<usize>,
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.5)]
+    pub kd_ratio: f32,
+    #[arg(long, default_value_t = 2.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench_distill(a: BenchDistillArgs) -> Result<()> {
+    let shape = |v: &[usize]| ModelShape { dim: v[0], layers: v[1], heads: v[2], kv_heads: v[2], ffn: v[3], ctx: a.seq, vocab: a.vocab, ..Default::default() };
+    let mix = crate::train::kd_loss::KdMix { ratio: a.kd_ratio, temperature: a.temperature };
+    mix.validate()?;
+    crate::train::tune_allocator();
+    let r = crate::train::bench::bench_distill(&shape(&a.teacher), &shape(&a.student), a.batch, a.warmup, a.steps, mix, a.seed)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "teacher {:.1}M -> student {:.1}M params, {} tokens/step: {:.0} tok/s ({:.0} ms/step, best {:.0} ms, teacher forward {:.0} ms) over {} steps; loss {:.3} -> {:.3}",
+            r.teacher_params as f64 / 1e6,
+            r.student_params as f64 / 1e6,
+            r.tokens_per_step,
+            r.tok_per_s,
+            r.step_ms,
+            r.best_step_ms,
+            r.teacher_ms,
+            r.steps,
+            r.first_loss,
+            r.last_loss
+        );
+    }
+    Ok(())
+}

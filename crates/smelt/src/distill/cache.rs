@@ -6,7 +6,8 @@
 //! `OUT/teacher-topk/meta.json` says what the cache was built from (teacher vocabulary and
 //! file, data, window size, k, T); windows are grouped into `part-NNNNN.bin` files, each
 //! written atomically, so an interrupted teacher pass resumes at the first missing part.
-//! A cache built from anything else is rebuilt.
+//! A cache built from anything else is rebuilt (a different window count keeps the parts
+//! that still fit).
 
 use std::path::{Path, PathBuf};
 
@@ -98,7 +99,9 @@ impl TopKCache {
         let meta_path = dir.join("meta.json");
         if meta_path.is_file() {
             let old: Option<CacheMeta> = std::fs::read_to_string(&meta_path).ok().and_then(|t| serde_json::from_str(&t).ok());
-            if old.as_ref() != Some(&meta) {
+            // The window count may change: parts are per window and checked one by one.
+            let same = old.is_some_and(|o| CacheMeta { windows: 0, ..o } == CacheMeta { windows: 0, ..meta.clone() });
+            if !same {
                 eprintln!("the teacher cache in {} was built from other settings; rebuilding it", dir.display());
                 std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
             }

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 
 use crate::load::{LoadOptions, Model};
 use crate::model::{Decoder, SeqInput};
+use crate::train::kernels::gemm::{matmul_par, Mat};
 use crate::train::kd_loss::{top_k_of_logits, DenseLogits, TopK};
 
 /// Rows of teacher logits computed at a time.
@@ -39,7 +40,23 @@ pub fn hidden(decoder: &Decoder, inputs: &[&[u32]]) -> Result<Tensor> {
 
 /// Teacher logits of rows `r0..r0 + rows` of `h`, row-major.
 pub fn block_logits(decoder: &Decoder, h: &Tensor, r0: usize, rows: usize) -> Result<Vec<f32>> {
-    Ok(decoder.logits_from_hidden(&h.narrow(0, r0, rows)?)?.flatten_all()?.to_vec1::<f32>()?)
+    let hb = h.narrow(0, r0, rows)?;
+    if let (Some(w), None) = (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
+        if w.dtype() == candle_core::DType::F32 {
+            // Straight into one buffer with the training kernels' threaded GEMM.
+            let (vocab, d) = w.dims2()?;
+            let hv = hb.flatten_all()?.to_vec1::<f32>()?;
+            let (storage, layout) = w.storage_and_layout();
+            if let candle_core::Storage::Cpu(cs) = &*storage {
+                if let Ok(wv) = crate::train::kernels::f32_data(cs, layout, "teacher head") {
+                    let mut out = vec![0f32; rows * vocab];
+                    matmul_par(&mut out, Mat::rows(&hv, rows, d), Mat::rows(wv, vocab, d).t(), 1.0, false);
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Ok(decoder.logits_from_hidden(&hb)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// Full teacher distributions for `inputs`, produced block by block on demand.

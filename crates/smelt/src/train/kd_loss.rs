@@ -140,12 +140,103 @@ multiversion! {
     }
 }
 
+/// How `exp(x)` follows from `exp(x / T)`: the same (T = 1), its square (T = 2), or
+/// computed separately — one exponential per element instead of two for the common T.
+#[derive(Clone, Copy, PartialEq)]
+enum TempKind {
+    One,
+    Two,
+    Other,
+}
+
+fn temp_kind(t: f32) -> TempKind {
+    if t == 1.0 {
+        TempKind::One
+    } else if t == 2.0 {
+        TempKind::Two
+    } else {
+        TempKind::Other
+    }
+}
+
+/// `(exp(x), exp(x / T))`.
+#[inline(always)]
+fn exp_1_t(x: f32, inv_t: f32, kind: TempKind) -> (f32, f32) {
+    let v = exp(x * inv_t);
+    let e1 = match kind {
+        TempKind::One => v,
+        TempKind::Two => v * v,
+        TempKind::Other => exp(x),
+    };
+    (e1, v)
+}
+
 multiversion! {
-    /// `z ← a·exp(z − m) + b·exp((z − m)/T) − c·t` (the gradient row, before the label fix).
-    fn grad_dense(z: &mut [f32], t: &[f32], m: f32, inv_t: f32, a: f32, b: f32, c: f32) {
-        for (zv, &tv) in z.iter_mut().zip(t) {
-            let x = *zv - m;
-            *zv = a * exp(x) + b * exp(x * inv_t) - c * tv;
+    /// Student row: `z ← exp(z − m)`, `et ← exp((z − m)/T)`; returns their sums.
+    fn student_exp(z: &mut [f32], et: &mut [f32], m: f32, inv_t: f32, kind: TempKind) -> (f32, f32) {
+        let mut s1 = [0f32; 16];
+        let mut st = [0f32; 16];
+        let mut zc = z.chunks_exact_mut(16);
+        let mut ec = et.chunks_exact_mut(16);
+        for (zs, es) in (&mut zc).zip(&mut ec) {
+            for i in 0..16 {
+                let (a, b) = exp_1_t(zs[i] - m, inv_t, kind);
+                zs[i] = a;
+                es[i] = b;
+                s1[i] += a;
+                st[i] += b;
+            }
+        }
+        let (mut a1, mut b1) = (0f32, 0f32);
+        for (zv, ev) in zc.into_remainder().iter_mut().zip(ec.into_remainder()) {
+            let (a, b) = exp_1_t(*zv - m, inv_t, kind);
+            *zv = a;
+            *ev = b;
+            a1 += a;
+            b1 += b;
+        }
+        (s1.iter().sum::<f32>() + a1, st.iter().sum::<f32>() + b1)
+    }
+}
+
+multiversion! {
+    /// `(Σ exp(z − m), Σ exp((z − m)/T))`.
+    fn sums_1_t(z: &[f32], m: f32, inv_t: f32, kind: TempKind) -> (f32, f32) {
+        let mut s1 = [0f32; 16];
+        let mut st = [0f32; 16];
+        let mut c = z.chunks_exact(16);
+        for zs in &mut c {
+            for i in 0..16 {
+                let (a, b) = exp_1_t(zs[i] - m, inv_t, kind);
+                s1[i] += a;
+                st[i] += b;
+            }
+        }
+        let (mut a1, mut b1) = (0f32, 0f32);
+        for &v in c.remainder() {
+            let (a, b) = exp_1_t(v - m, inv_t, kind);
+            a1 += a;
+            b1 += b;
+        }
+        (s1.iter().sum::<f32>() + a1, st.iter().sum::<f32>() + b1)
+    }
+}
+
+multiversion! {
+    /// `z ← a·z + b·et − c·t` (the dense gradient row, before the label fix).
+    fn grad_dense(z: &mut [f32], et: &[f32], t: &[f32], a: f32, b: f32, c: f32) {
+        for ((zv, &ev), &tv) in z.iter_mut().zip(et).zip(t) {
+            *zv = a * *zv + b * ev - c * tv;
+        }
+    }
+}
+
+multiversion! {
+    /// `z ← a·exp(z − m) + b·exp((z − m)/T)`.
+    fn grad_sparse_base(z: &mut [f32], m: f32, inv_t: f32, a: f32, b: f32, kind: TempKind) {
+        for zv in z.iter_mut() {
+            let (e1, et) = exp_1_t(*zv - m, inv_t, kind);
+            *zv = a * e1 + b * et;
         }
     }
 }
@@ -159,34 +250,25 @@ struct RowCtx {
     grad: bool,
 }
 
-/// One row with a dense teacher row `t` (both overwritten). Returns `(ce, kl)`.
-fn kd_row_dense(z: &mut [f32], t: &mut [f32], y: usize, cx: RowCtx) -> (f64, f64) {
+/// One row with a dense teacher row `t` (both overwritten; `et` is scratch). Returns `(ce, kl)`.
+fn kd_row_dense(z: &mut [f32], t: &mut [f32], et: &mut [f32], y: usize, cx: RowCtx) -> (f64, f64) {
     let (alpha, temp) = (cx.mix.ratio, cx.mix.temperature);
     let inv_t = 1.0 / temp;
     let m = max_of(z);
-    let s1 = sum_exp(z, m, 1.0);
-    let st_z = if temp == 1.0 { s1 } else { sum_exp(z, m, inv_t) };
     let mt = max_of(t);
+    let zy = z[y];
+    // Teacher first: the KL needs the student's logits before they become exponentials.
     let (st, dot) = teacher_exp(t, z, mt, inv_t);
-    let ce = (m as f64 + (s1 as f64).ln()) - z[y] as f64;
+    let (s1, st_z) = student_exp(z, et, m, inv_t, temp_kind(temp));
+    let ce = (m as f64 + (s1 as f64).ln()) - zy as f64;
     // KL = Σ p (ln p − ln q) with ln p = (t − mt)/T − ln st, ln q = (z − m)/T − ln st_z.
     let kl = (dot as f64 / st as f64) * inv_t as f64 + (m as f64 - mt as f64) * inv_t as f64 + (st_z as f64).ln() - (st as f64).ln();
     if cx.grad {
         let (a, b, c) = ((1.0 - alpha) * cx.inv / s1, alpha * temp * cx.inv / st_z, alpha * temp * cx.inv / st);
-        grad_dense(z, t, m, inv_t, a, b, c);
+        grad_dense(z, et, t, a, b, c);
         z[y] -= (1.0 - alpha) * cx.inv;
     }
     (ce, kl.max(0.0))
-}
-
-multiversion! {
-    /// `z ← a·exp(z − m) + b·exp((z − m)/T)`.
-    fn grad_sparse_base(z: &mut [f32], m: f32, inv_t: f32, a: f32, b: f32) {
-        for zv in z.iter_mut() {
-            let x = *zv - m;
-            *zv = a * exp(x) + b * exp(x * inv_t);
-        }
-    }
 }
 
 /// One row with top-k targets. Returns `(ce, kl)`.
@@ -194,8 +276,7 @@ fn kd_row_topk(z: &mut [f32], ids: &[u32], probs: &[f32], tail: f32, y: usize, c
     let (alpha, temp) = (cx.mix.ratio, cx.mix.temperature);
     let inv_t = 1.0 / temp;
     let m = max_of(z);
-    let s1 = sum_exp(z, m, 1.0);
-    let st_z = if temp == 1.0 { s1 } else { sum_exp(z, m, inv_t) };
+    let (s1, st_z) = sums_1_t(z, m, inv_t, temp_kind(temp));
     let ln_stz = (st_z as f64).ln();
     let ce = (m as f64 + (s1 as f64).ln()) - z[y] as f64;
     let mut q_k = 0f64;
@@ -217,7 +298,7 @@ fn kd_row_topk(z: &mut [f32], ids: &[u32], probs: &[f32], tail: f32, y: usize, c
         let ratio = (r / q_tail) as f32;
         let qs: Vec<f32> = ids.iter().map(|&id| exp((z[id as usize] - m) * inv_t) / st_z).collect();
         let b = alpha * temp * cx.inv / st_z;
-        grad_sparse_base(z, m, inv_t, (1.0 - alpha) * cx.inv / s1, b * (1.0 - ratio));
+        grad_sparse_base(z, m, inv_t, (1.0 - alpha) * cx.inv / s1, b * (1.0 - ratio), temp_kind(temp));
         for ((&id, &p), &q) in ids.iter().zip(probs).zip(&qs) {
             z[id as usize] += alpha * temp * cx.inv * (q * ratio - p);
         }
@@ -243,8 +324,9 @@ fn kd_block(z: &mut [f32], vocab: usize, targets: &[u32], block: Block<'_>, cx: 
             .zip(targets.par_chunks(ROWS_PER_TASK))
             .map(|((zb, tb), ys)| {
                 let mut acc = (0f64, 0f64);
+                let mut et = vec![0f32; vocab];
                 for ((zr, tr), &y) in zb.chunks_mut(vocab).zip(tb.chunks_mut(vocab)).zip(ys) {
-                    let (c, k) = kd_row_dense(zr, tr, y as usize, cx);
+                    let (c, k) = kd_row_dense(zr, tr, &mut et, y as usize, cx);
                     acc = (acc.0 + c, acc.1 + k);
                 }
                 acc
