@@ -30,9 +30,19 @@ TOPICS = [
 ]
 
 
+MODEL = None  # the first id /v1/models lists
+
+
+def model_id(url, api_key, timeout):
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    req = urllib.request.Request(url + "/v1/models", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())["data"][0]["id"]
+
+
 def complete(url, prompt, max_tokens, api_key, timeout):
     body = json.dumps({
-        "model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+        "model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
         "ignore_eos": True, "stream": False,
     }).encode()
     headers = {"Content-Type": "application/json"}
@@ -92,6 +102,8 @@ def main():
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    global MODEL
+    MODEL = model_id(args.url, args.api_key, args.timeout)
 
     complete(args.url, "Warm-up.", 8, args.api_key, args.timeout)
     rows = [round_at(args, s) for s in args.streams]
