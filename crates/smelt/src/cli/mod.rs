@@ -6,6 +6,7 @@ mod data;
 mod export;
 mod finetune;
 mod info;
+mod logits;
 mod models;
 mod perplexity;
 mod run;
@@ -61,6 +62,9 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Measure training throughput (tokens/s) for a model shape on random tokens.
     BenchTrain(train::BenchTrainArgs),
+    /// Logits of one forward pass over token ids, to a safetensors file (for checks).
+    #[command(hide = true)]
+    Logits(logits::LogitsArgs),
     /// Fine-tune a model with LoRA adapters on chat or prompt/completion JSONL.
     Finetune(finetune::FinetuneArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
@@ -108,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
         Command::Finetune(a) => finetune::finetune(a),
+        Command::Logits(a) => logits::logits(a),
         Command::Export(a) => export::export(a),
     });
     match result {
