@@ -298,3 +298,41 @@ fn finetune_smollm2_q4_1_loss_decreases() {
     assert!(train[3] < train[0] * 0.8, "loss did not decrease: {train:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn export_merge_lora_gives_the_adapted_model() {
+    let e = expected();
+    let ids = input_ids(&e);
+    let dir = temp_dir("lora-merge");
+    let adapter = fixture("lora/peft-all");
+    // Hugging Face folder base -> folder.
+    let out = dir.join("merged-hf");
+    let o = run(&["export", base_dir().to_str().unwrap(), "--merge-lora", adapter.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = max_diff(&logits(&load(&out), &ids), &e["peft-all"]);
+    assert!(d < 1e-4, "merged HF model differs from PEFT by {d}");
+    // GGUF base (f32) -> GGUF, q/k rows permuted in the file.
+    let gguf = base_as_gguf(Quant::F32, "merge");
+    let out = dir.join("merged.gguf");
+    let o = run(&["export", gguf.to_str().unwrap(), "--merge-lora", adapter.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = max_diff(&logits(&load(&out), &ids), &e["peft-all"]);
+    assert!(d < 1e-4, "merged GGUF differs from PEFT by {d}");
+    // A quantized base keeps its tensor types; scale 0 changes nothing.
+    let q = base_as_gguf(Quant::Q8_0, "merge-q8");
+    let out = dir.join("merged-q8.gguf");
+    let spec = format!("{}:0", adapter.display());
+    let o = run(&["export", q.to_str().unwrap(), "--merge-lora", &spec, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = smelt::load::gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.tensor_info("blk.0.attn_q.weight").unwrap().dtype, smelt::load::gguf::GgmlType::Q8_0);
+    assert!(max_diff(&logits(&load(&out), &ids), &logits(&load(&q), &ids)) < 1e-6);
+    // Wrong base: a clear error, no output.
+    let tiny = dir.join("tiny.gguf");
+    Tiny::default().write(&tiny);
+    let bad = dir.join("bad.gguf");
+    let o = run(&["export", tiny.to_str().unwrap(), "--merge-lora", adapter.to_str().unwrap(), "-o", bad.to_str().unwrap()]);
+    assert_one_line_error(&o, "another base model");
+    assert!(!bad.exists());
+    let _ = std::fs::remove_dir_all(dir);
+}

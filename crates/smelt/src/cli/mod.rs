@@ -3,6 +3,7 @@
 mod args;
 mod chat;
 mod data;
+mod eval_task;
 mod export;
 mod finetune;
 mod info;
@@ -65,6 +66,8 @@ pub enum Command {
     /// Logits of one forward pass over token ids, to a safetensors file (for checks).
     #[command(hide = true)]
     Logits(logits::LogitsArgs),
+    /// Exact-match accuracy of greedy replies on held-out prompt/completion or chat records.
+    EvalTask(eval_task::EvalTaskArgs),
     /// Fine-tune a model with LoRA adapters on chat or prompt/completion JSONL.
     Finetune(finetune::FinetuneArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
@@ -112,6 +115,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::BenchTrain(a) => train::bench(a),
         Command::Finetune(a) => finetune::finetune(a),
+        Command::EvalTask(a) => eval_task::eval_task(a),
         Command::Logits(a) => logits::logits(a),
         Command::Export(a) => export::export(a),
     });
