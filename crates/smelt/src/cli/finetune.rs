@@ -55,9 +55,10 @@ pub struct FinetuneArgs {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
-    /// Longest example in tokens (longer ones are cut, with a note).
-    #[arg(long, default_value_t = 1024)]
-    pub max_len: usize,
+    /// Longest example in tokens (longer ones are cut, with a note) [default: 1024, or the
+    /// model's context or --batch-tokens if smaller].
+    #[arg(long)]
+    pub max_len: Option<usize>,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
     /// Floor of the cosine schedule.
@@ -124,7 +125,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         },
         epochs: a.epochs,
         batch_tokens: a.batch_tokens,
-        max_len: a.max_len,
+        max_len: a.max_len.unwrap_or(0),
         raw: a.raw,
         skip_bad: a.skip_bad,
         eval_every: a.eval_every,

@@ -16,7 +16,7 @@ pub struct LogitsArgs {
     /// The model: path, alias or hub repo.
     pub model: String,
     /// Token ids, comma-separated.
-    #[arg(long, value_delimiter = ',', conflicts_with = "text", required_unless_present = "text")]
+    #[arg(long, alias = "tokens", value_delimiter = ',', conflicts_with = "text", required_unless_present = "text")]
     pub ids: Vec<u32>,
     /// Text to tokenize (no special tokens added).
     #[arg(long)]
@@ -24,10 +24,13 @@ pub struct LogitsArgs {
     /// safetensors file to write: `ids` (n) int64 and `logits` (n, vocab) f32.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    /// Context and `--lora` adapters, as for `smelt run`.
+    #[command(flatten)]
+    pub model_args: ModelArgs,
 }
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
-    let model = load_model(Some(&a.model), &ModelArgs { ctx: None, lora: Vec::new() })?;
+    let model = load_model(Some(&a.model), &a.model_args)?;
     let ids = match &a.text {
         Some(t) => model.tokenizer.encode(t, false, false)?,
         None => a.ids.clone(),

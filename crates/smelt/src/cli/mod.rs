@@ -4,6 +4,7 @@ mod args;
 mod chat;
 mod data;
 mod distill;
+mod eval_task;
 mod export;
 mod finetune;
 mod info;
@@ -67,6 +68,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Measure training throughput (tokens/s) for a model shape on random tokens.
     BenchTrain(train::BenchTrainArgs),
+    /// Exact-match accuracy of greedy replies on held-out prompt/completion or chat records.
+    EvalTask(eval_task::EvalTaskArgs),
     /// Fine-tune a model with LoRA adapters on chat or prompt/completion JSONL.
     Finetune(finetune::FinetuneArgs),
     /// Distil a teacher into a student that shares its tokenizer (KL on logits + cross-entropy).
@@ -115,7 +118,6 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat::chat(a, cli.verbose > 0),
         Command::Info(a) => info::info(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
-        Command::Logits(a) => logits::logits(a),
         Command::Serve(a) => serve::serve(a),
         Command::Pull(a) => models::pull(a),
         Command::List(a) => models::list(a),
@@ -128,6 +130,8 @@ pub fn main() -> ExitCode {
         Command::Distill(a) => distill::distill(a),
         Command::Synth(a) => distill::synth(a),
         Command::BenchDistill(a) => train::bench_distill(a),
+        Command::EvalTask(a) => eval_task::eval_task(a),
+        Command::Logits(a) => logits::logits(a),
         Command::Export(a) => export::export(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Bench(a) => bench::bench(a, cli.threads),

@@ -1,3 +1,4 @@
-//! Evaluation: perplexity (and, later, task accuracy).
+//! Evaluation: perplexity and task accuracy.
 
 pub mod perplexity;
+pub mod task;

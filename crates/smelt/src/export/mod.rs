@@ -7,6 +7,7 @@
 
 pub mod gguf;
 pub mod hf;
+pub mod merge;
 pub mod safetensors;
 pub mod tokenizer;
 

@@ -248,3 +248,100 @@ impl Dataset {
         self.examples.iter().map(Example::n_trained).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::SpecialTokens;
+
+    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    fn tokenizer() -> Tokenizer {
+        Tokenizer::from_hf_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/hf_tiny")).unwrap()
+    }
+
+    fn trained_text(tok: &Tokenizer, ex: &Example) -> Vec<String> {
+        // Runs of trained tokens, decoded.
+        let mut runs = Vec::new();
+        let mut cur: Vec<u32> = Vec::new();
+        for (t, on) in ex.tokens.iter().zip(&ex.trained) {
+            if *on {
+                cur.push(*t);
+            } else if !cur.is_empty() {
+                runs.push(tok.decode(&std::mem::take(&mut cur), false));
+            }
+        }
+        if !cur.is_empty() {
+            runs.push(tok.decode(&cur, false));
+        }
+        runs
+    }
+
+    #[test]
+    fn only_assistant_turns_are_trained() {
+        let tok = tokenizer();
+        let t = ChatTemplate::new(CHATML, SpecialTokens::default()).unwrap();
+        let enc = Encoder { tokenizer: &tok, template: Some(&t), max_len: 512 };
+        let rec = Record::Chat(vec![
+            json!({"role": "system", "content": "be brief"}),
+            json!({"role": "user", "content": "hi"}),
+            json!({"role": "assistant", "content": "hello there"}),
+            json!({"role": "user", "content": "bye"}),
+            json!({"role": "assistant", "content": "see you"}),
+        ]);
+        let (ex, cut) = enc.encode(&rec).unwrap();
+        assert!(!cut);
+        assert_eq!(trained_text(&tok, &ex), ["hello there<|im_end|>\n", "see you<|im_end|>\n"]);
+        let targets: Vec<u32> = ex.targets().collect();
+        assert_eq!(targets.len(), ex.inputs().len());
+        assert_eq!(targets.iter().filter(|&&t| t != IGNORE).count(), ex.n_trained());
+        // prompt/completion = one exchange; cutting keeps the head.
+        let pc = Record::Completion { prompt: "hi".into(), completion: "hello there".into(), system: None };
+        assert_eq!(trained_text(&tok, &enc.encode(&pc).unwrap().0), ["hello there<|im_end|>\n"]);
+        let short = Encoder { max_len: 6, ..enc };
+        let (ex, cut) = short.encode(&pc).unwrap();
+        assert!(cut && ex.tokens.len() == 6);
+        // Raw: BOS + prompt untrained, completion + EOS trained.
+        let raw = Encoder { template: None, max_len: 512, ..enc };
+        let (ex, _) = raw.encode(&pc).unwrap();
+        assert_eq!(trained_text(&tok, &ex), ["hello there<|im_end|>"]);
+    }
+
+    #[test]
+    fn a_template_that_rewrites_earlier_turns_is_reported() {
+        // Renders earlier assistant turns differently once a later turn exists (as reasoning
+        // templates drop old thinking).
+        let src = "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}[old]{% else %}{{ m.role }}: {{ m.content }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+        let t = ChatTemplate::new(src, SpecialTokens::default()).unwrap();
+        let tok = tokenizer();
+        let enc = Encoder { tokenizer: &tok, template: Some(&t), max_len: 512 };
+        let rec = Record::Chat(vec![
+            json!({"role": "user", "content": "a"}),
+            json!({"role": "assistant", "content": "b"}),
+            json!({"role": "user", "content": "c"}),
+            json!({"role": "assistant", "content": "d"}),
+        ]);
+        let err = enc.encode(&rec).unwrap_err().to_string();
+        assert!(err.contains("renders earlier turns differently"), "{err}");
+        // A template error is an error, not a panic.
+        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", SpecialTokens::default()).unwrap();
+        let enc = Encoder { tokenizer: &tok, template: Some(&t), max_len: 512 };
+        let err = format!("{:#}", enc.encode(&rec).unwrap_err());
+        assert!(err.contains("roles must alternate"), "{err}");
+    }
+
+    #[test]
+    fn records_are_validated() {
+        let dir = std::env::temp_dir().join(format!("smelt-ft-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("d.jsonl");
+        std::fs::write(&p, "{\"prompt\": \"a\", \"completion\": \"b\"}\n\n[1, 2]\n").unwrap();
+        let err = read_records(&p, false).unwrap_err().to_string();
+        assert!(err.contains("line 3: a record must be a JSON object"), "{err}");
+        let (recs, skipped) = read_records(&p, true).unwrap();
+        assert_eq!((recs.len(), skipped.len()), (1, 1));
+        std::fs::write(&p, b"{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": \"\xff\"}\n").unwrap();
+        assert!(read_records(&p, false).unwrap_err().to_string().contains("line 2: not valid UTF-8"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

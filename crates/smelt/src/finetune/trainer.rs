@@ -45,7 +45,7 @@ pub struct FinetuneConfig {
     pub epochs: f64,
     /// Input tokens per packed micro-batch.
     pub batch_tokens: usize,
-    /// Longest example (tokens); longer ones are cut.
+    /// Longest example (tokens); longer ones are cut. 0 = 1024 or the model's context if smaller.
     pub max_len: usize,
     /// Plain prompt + completion, no chat template.
     pub raw: bool,
@@ -96,7 +96,8 @@ fn sha256_file(p: &Path) -> Result<String> {
 
 /// The base model with its template (unless `raw`), loaded for fine-tuning.
 pub fn load_base(cfg: &FinetuneConfig) -> Result<(Model, Option<ChatTemplate>)> {
-    let model = crate::load::load(&cfg.base, &LoadOptions { ctx: Some(cfg.max_len) }).with_context(|| format!("base model {}", cfg.base.display()))?;
+    let ctx = (cfg.max_len > 0).then_some(cfg.max_len);
+    let model = crate::load::load(&cfg.base, &LoadOptions { ctx }).with_context(|| format!("base model {}", cfg.base.display()))?;
     let template = match (&model.chat_template, cfg.raw) {
         (Some(src), false) => Some(ChatTemplate::new(src, model.special_tokens()).context("the model's chat template")?),
         _ => None,
@@ -158,11 +159,8 @@ fn rand_suffix() -> u64 {
 
 pub fn finetune(mut cfg: FinetuneConfig, opts: &FinetuneOptions) -> Result<FinetuneOutcome> {
     cfg.lora.validate()?;
-    if cfg.max_len < 2 {
+    if cfg.max_len == 1 {
         bail!("--max-len must be at least 2");
-    }
-    if cfg.batch_tokens < cfg.max_len {
-        bail!("--batch-tokens ({}) must be at least --max-len ({}) so every example fits a micro-batch", cfg.batch_tokens, cfg.max_len);
     }
     if cfg.optim.grad_accum == 0 {
         bail!("--grad-accum must be at least 1");
@@ -182,13 +180,19 @@ pub fn finetune(mut cfg: FinetuneConfig, opts: &FinetuneOptions) -> Result<Finet
             bail!("{} changed since checkpoint {} was written; resume with the same data or start a new run", cfg.data.display(), dir.display());
         }
         let mut want = cfg.clone();
-        want.optim.steps = st.config.optim.steps;
-        want.epochs = st.config.epochs;
-        if want != st.config {
+        if want.optim.steps == 0 {
+            want.optim.steps = st.config.optim.steps;
+        }
+        if want.max_len == 0 {
+            want.max_len = st.config.max_len;
+        }
+        let mut cmp = want.clone();
+        cmp.optim.steps = st.config.optim.steps;
+        cmp.epochs = st.config.epochs;
+        if cmp != st.config {
             bail!("the settings differ from checkpoint {} (only the step count may change on resume); use the same flags or another --out", dir.display());
         }
-        cfg = st.config.clone();
-        cfg.optim.steps = if opts.resume { cfg.optim.steps.max(st.step) } else { cfg.optim.steps };
+        cfg = want;
         Some((dir, st))
     } else {
         if let Some(d) = existing {
@@ -198,6 +202,12 @@ pub fn finetune(mut cfg: FinetuneConfig, opts: &FinetuneOptions) -> Result<Finet
     };
 
     let (model, template) = load_base(&cfg)?;
+    if cfg.max_len == 0 {
+        cfg.max_len = model.decoder.n_ctx.min(1024).min(cfg.batch_tokens);
+    }
+    if cfg.batch_tokens < cfg.max_len {
+        bail!("--batch-tokens ({}) must be at least --max-len ({}) so every example fits a micro-batch", cfg.batch_tokens, cfg.max_len);
+    }
     let enc = Encoder { tokenizer: &model.tokenizer, template: template.as_ref(), max_len: cfg.max_len };
     let train = Dataset::load(&cfg.data, &enc, cfg.skip_bad)?;
     let eval = cfg.eval.as_ref().map(|p| Dataset::load(p, &enc, cfg.skip_bad)).transpose()?;
@@ -240,9 +250,10 @@ pub fn finetune(mut cfg: FinetuneConfig, opts: &FinetuneOptions) -> Result<Finet
     let mut metrics = MetricsLog::open(&out, resumed.as_ref().map(|_| step))?;
     let n_params: usize = params.n_params();
     eprintln!(
-        "LoRA r={} alpha={} on {} · {} trainable parameters · {} examples ({} trained tokens), {} micro-batches per epoch · {total} steps",
+        "LoRA r={} alpha={} on {} layers ({}) · {} trainable parameters · {} examples ({} trained tokens), {} micro-batches per epoch · {total} steps",
         cfg.lora.rank,
         cfg.lora.alpha,
+        params.list.len() / 2,
         cfg.lora.targets.join(","),
         n_params,
         train.examples.len(),

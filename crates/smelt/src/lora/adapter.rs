@@ -30,6 +30,10 @@ pub struct AdapterLayer {
 }
 
 impl AdapterLayer {
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+
     pub fn key(&self, which: &str) -> String {
         format!("base_model.model.model.layers.{}.{}.lora_{which}.weight", self.layer, self.module)
     }
@@ -115,6 +119,16 @@ impl Adapter {
         if cfg.get("modules_to_save").is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
             bail!("{}", ctx("modules_to_save (fully trained extra modules) are not supported"));
         }
+        for key in ["lora_bias", "use_qalora", "use_bdlora"] {
+            if cfg.get(key).and_then(Value::as_bool) == Some(true) {
+                bail!("{}", ctx(&format!("{key} adapters are not supported")));
+            }
+        }
+        for key in ["trainable_token_indices", "layer_replication", "target_parameters"] {
+            if cfg.get(key).is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty())) {
+                bail!("{}", ctx(&format!("{key} is not supported")));
+            }
+        }
         let rank = cfg.get("r").and_then(Value::as_u64).with_context(|| ctx("no rank \"r\""))? as usize;
         let alpha = cfg.get("lora_alpha").and_then(Value::as_f64).with_context(|| ctx("no \"lora_alpha\""))?;
         let rslora = cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
@@ -154,7 +168,7 @@ impl Adapter {
             if r != rb || r == 0 {
                 bail!("{}: {path}: lora_A has rank {r} but lora_B {rb}", wp.display());
             }
-            let alpha = alpha_pattern.iter().find(|(p, _)| pattern_match(p, &path)).map_or(alpha, |(_, &v)| v);
+            let alpha = alpha_pattern.iter().filter(|(p, _)| pattern_match(p, &path)).max_by_key(|(p, _)| p.len()).map_or(alpha, |(_, &v)| v);
             layers.push(AdapterLayer { layer, module, a, b, scale: LoraConfig::scale_for(alpha, r, rslora) });
         }
         let config = LoraConfig { rank, alpha, dropout, targets, rslora };
@@ -166,6 +180,21 @@ impl Adapter {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let c = &self.config;
+        // Layers whose rank or alpha differ from the config's (an adapter loaded with
+        // patterns) keep them through PEFT's rank_pattern / alpha_pattern.
+        let mut rank_pattern = serde_json::Map::new();
+        let mut alpha_pattern = serde_json::Map::new();
+        for l in &self.layers {
+            let r = l.rank();
+            let alpha = l.scale * if c.rslora { (r as f64).sqrt() } else { r as f64 };
+            let path = format!("layers.{}.{}", l.layer, l.module);
+            if r != c.rank {
+                rank_pattern.insert(path.clone(), json!(r));
+            }
+            if (alpha - c.alpha).abs() > 1e-9 * c.alpha.abs().max(1.0) {
+                alpha_pattern.insert(path, json!(alpha));
+            }
+        }
         let cfg = json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -181,8 +210,8 @@ impl Adapter {
             "init_lora_weights": true,
             "modules_to_save": null,
             "layers_to_transform": null,
-            "rank_pattern": {},
-            "alpha_pattern": {},
+            "rank_pattern": rank_pattern,
+            "alpha_pattern": alpha_pattern,
             "use_dora": false,
         });
         let mut tensors = Vec::new();

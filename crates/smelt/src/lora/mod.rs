@@ -7,10 +7,12 @@
 //!   layout of q/k projections in GGUF llama files;
 //! * [`adapter`] — an adapter in PEFT's format (`adapter_config.json` +
 //!   `adapter_model.safetensors`), loaded, saved, attached, merged;
+//! * [`fused`] — the training path of an adapted layer as one op with its backward pass;
 //! * [`trainable`] — fresh adapters as trainable variables (PEFT's initialisation).
 
 pub mod adapter;
 pub mod config;
+pub mod fused;
 pub mod layer;
 pub mod targets;
 pub mod trainable;

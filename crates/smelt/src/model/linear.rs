@@ -99,6 +99,20 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         use crate::train::kernels::frozen::{frozen_dense, frozen_quant};
         let train_x = x.track_op();
+        if let ([a], None) = (&self.adapters[..], &self.bias) {
+            if train_x || a.a.track_op() {
+                // Training: frozen base + adapter in one op (lora::fused).
+                use crate::lora::fused::{lora_linear, Frozen};
+                let w = match &self.weight {
+                    LinearWeight::Dense(w) if !w.track_op() => Some(Frozen::Dense(w.contiguous()?)),
+                    LinearWeight::Quant(q) => Some(Frozen::Quant(q.clone())),
+                    _ => None,
+                };
+                if let Some(w) = w {
+                    return Ok(lora_linear(x, w, &a.a, &a.b, a.scale, a.dropout)?);
+                }
+            }
+        }
         let y = match &self.weight {
             LinearWeight::Dense(w) if train_x && !w.track_op() => frozen_dense(x, w)?,
             LinearWeight::Dense(w) => {
