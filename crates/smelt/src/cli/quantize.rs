@@ -33,11 +33,13 @@ pub struct QuantizeArgs {
     pub json: bool,
 }
 
-fn ppl(model: &Path, text: &str, ctx: usize, chunks: usize) -> Result<f64> {
+/// Perplexity and the number of chunks scored.
+fn ppl(model: &Path, text: &str, ctx: usize, chunks: usize) -> Result<(f64, usize)> {
     let m = load(model, &LoadOptions { ctx: Some(ctx) })?;
     let tokens = m.tokenizer.encode(text, true, false)?;
     let bos = if m.tokenizer.add_bos() { m.tokenizer.bos_id() } else { None };
-    Ok(perplexity(&m.decoder, &tokens, ctx, Some(chunks), bos, |_, _, _| {})?.ppl)
+    let r = perplexity(&m.decoder, &tokens, ctx, Some(chunks), bos, |_, _, _| {})?;
+    Ok((r.ppl, r.chunks))
 }
 
 pub fn quantize(a: QuantizeArgs) -> Result<()> {
@@ -79,9 +81,10 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         let mut v = serde_json::to_value(&rep)?;
         v["type"] = ftype.name().into();
         v["seconds"] = secs.into();
-        if let Some((b, q)) = eval {
+        if let Some(((b, n), (q, _))) = eval {
             v["ppl_base"] = b.into();
             v["ppl_quantized"] = q.into();
+            v["ppl_chunks"] = n.into();
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -99,10 +102,9 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     if rep.requantized > 0 {
         println!("note: {} tensors were already quantized; quantizing again costs more quality than starting from f16", rep.requantized);
     }
-    if let Some((b, q)) = eval {
+    if let Some(((b, n), (q, _))) = eval {
         println!(
-            "perplexity ({} chunks of {}): base {b:.4}, {} {q:.4} ({:+.2}%)",
-            a.eval_chunks,
+            "perplexity ({n} chunks of {}): base {b:.4}, {} {q:.4} ({:+.2}%)",
             a.eval_ctx,
             ftype.name(),
             (q / b - 1.0) * 100.0

@@ -201,6 +201,21 @@ impl Mixer {
     }
 }
 
+/// The layer of `blk.N.…`, −1 for other tensors.
+fn layer_of(name: &str) -> i64 {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1)
+}
+
+/// llama.cpp's tensor order (its loader's `weight_name_comparer`): tensors outside the
+/// blocks first, then block by block, by name within each. The layer counters of the
+/// mixes run in this order, and llama-quantize writes its files in it.
+pub fn llama_order(a: &str, b: &str) -> std::cmp::Ordering {
+    (layer_of(a), a).cmp(&(layer_of(b), b))
+}
+
 /// llama.cpp's `tensor_type_fallback` for rows of `cols` values.
 pub fn fallback(t: GgmlType, cols: usize) -> GgmlType {
     if cols.is_multiple_of(t.block_size()) {
@@ -266,6 +281,13 @@ mod tests {
         assert_eq!(m.choose("token_embd.weight", &[256, 10], GgmlType::F16), GgmlType::Q8_0);
         let mut m = Mixer::new(FileType::F16, names, 1);
         assert_eq!(m.choose("token_embd.weight", &[256, 10], GgmlType::F32), GgmlType::F16);
+    }
+
+    #[test]
+    fn order_is_by_layer_then_name() {
+        let mut v = vec!["blk.10.attn_v.weight", "output.weight", "blk.2.ffn_up.weight", "blk.2.attn_k.weight", "token_embd.weight"];
+        v.sort_by(|a, b| llama_order(a, b));
+        assert_eq!(v, ["output.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_v.weight"]);
     }
 
     #[test]

@@ -69,12 +69,14 @@ pub fn quantize_f32(t: GgmlType, x: &[f32], cols: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Build the quantized file. `progress(done, total)` is called after each tensor with
+/// Build the quantized file, tensors in llama.cpp's order. `progress(done, total)` is called after each tensor with
 /// counts of input elements.
 pub fn quantize_gguf(file: &GgufFile, ftype: FileType, mut progress: impl FnMut(u64, u64)) -> Result<(GgufWriter, QuantizeReport)> {
     let arch = file.architecture()?.to_string();
     let n_layers = file.get_i64(&format!("{arch}.block_count")).context("GGUF has no block_count")? as usize;
-    let mut mixer = Mixer::new(ftype, file.tensors.iter().map(|t| t.name.as_str()), n_layers);
+    let mut order: Vec<&TensorInfo> = file.tensors.iter().collect();
+    order.sort_by(|a, b| mix::llama_order(&a.name, &b.name));
+    let mut mixer = Mixer::new(ftype, order.iter().map(|t| t.name.as_str()), n_layers);
     let mut w = GgufWriter::new();
     for (k, v) in &file.metadata {
         if k != "general.alignment" {
@@ -85,7 +87,7 @@ pub fn quantize_gguf(file: &GgufFile, ftype: FileType, mut progress: impl FnMut(
     let total: u64 = file.tensors.iter().map(|t| t.n_elements() as u64).sum();
     let mut done = 0u64;
     let mut rep = QuantizeReport { tensors: file.tensors.len(), in_bytes: file.file_size() as u64, ..Default::default() };
-    for t in &file.tensors {
+    for t in order {
         let ty = mixer.choose(&t.name, &t.dims, t.dtype);
         let data = if ty == t.dtype {
             file.tensor_data(t).to_vec()
@@ -100,12 +102,6 @@ pub fn quantize_gguf(file: &GgufFile, ftype: FileType, mut progress: impl FnMut(
         w.tensor(&t.name, t.dims.clone(), ty, data);
         done += t.n_elements() as u64;
         progress(done, total);
-    }
-    if rep.requantized > 0 {
-        tracing::warn!(
-            "{} tensors were already quantized and were quantized again; quality is better from f16/bf16/f32 weights",
-            rep.requantized
-        );
     }
     Ok((w, rep))
 }
