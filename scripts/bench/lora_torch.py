@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hugging Face PEFT + PyTorch baseline for `smelt finetune` throughput (docs/BENCHMARKS-lora.md).
+"""Hugging Face PEFT + PyTorch baseline for `smelt finetune` throughput (docs/BENCHMARKS.md).
 
 Same model (SmolLM2-135M-Instruct, loaded by transformers from the same GGUF file and dequantized
 to f32 — PEFT cannot train on GGUF blocks), same data (prompt/completion JSONL, chat template,
