@@ -132,3 +132,17 @@ mod tests {
         assert!(!looks_like_model("hello"));
     }
 }
+
+/// How a training run (train, distill, finetune) is started and stopped.
+#[derive(Args, Debug, Clone)]
+pub struct RunControl {
+    /// Continue the run in --out from its latest checkpoint, exactly as if never stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Train at most N steps now, then save a checkpoint and stop (continue with --resume).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}

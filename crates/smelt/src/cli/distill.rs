@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
+use super::args::RunControl;
 use super::train::{run_config, toml_str};
 use crate::data::corpus::CorpusOptions;
 use crate::data::prepare::{prepare, PrepareOptions};
@@ -60,14 +61,8 @@ pub struct DistillArgs {
     /// Any setting, e.g. --set model.dim=64 --set run.eval_every=100 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
-    /// Continue the run in --out from its latest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Train at most N steps now, then checkpoint and stop (continue with --resume).
-    #[arg(long, value_name = "N")]
-    pub stop_after: Option<u64>,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub control: RunControl,
 }
 
 pub fn distill(a: DistillArgs) -> Result<()> {
@@ -104,23 +99,23 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         }
         [d] if d.join("meta.json").is_file() => cfg.data.dir = d.clone(),
         files => {
-            if !a.resume {
+            if !a.control.resume {
                 if let Some(c) = crate::train::checkpoint::latest(&cfg.run.out)? {
                     bail!("{} already holds a run (latest checkpoint {}): add --resume to continue it, or choose another --out", cfg.run.out.display(), c.display());
                 }
             }
             let dir = cfg.run.out.join("data");
-            if !(a.resume && dir.join("meta.json").is_file()) {
+            if !(a.control.resume && dir.join("meta.json").is_file()) {
                 let opts = PrepareOptions { corpus: CorpusOptions { doc_separator: None, val_fraction: a.val_fraction }, ..Default::default() };
                 let r = prepare(files, &a.teacher, &dir, &opts)?;
-                if !a.quiet {
+                if !a.control.quiet {
                     eprintln!("prepared {} training and {} held-out tokens with the teacher's tokenizer into {}", r.tokens_train, r.tokens_val, dir.display());
                 }
             }
             cfg.data.dir = dir;
         }
     }
-    run_config(cfg, a.resume, a.stop_after, a.quiet)
+    run_config(cfg, a.control.resume, a.control.stop_after, a.control.quiet)
 }
 
 #[derive(Args, Debug)]

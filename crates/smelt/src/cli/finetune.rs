@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
+use super::args::RunControl;
 use crate::finetune::{finetune as run_finetune, FinetuneConfig, FinetuneOptions};
 use crate::hub::Hub;
 use crate::lora::config::parse_targets;
@@ -88,15 +89,8 @@ pub struct FinetuneArgs {
     pub keep_checkpoints: usize,
     #[arg(long, default_value_t = 1)]
     pub log_every: u64,
-    /// Continue the run in --out from its latest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Train at most N steps now, then checkpoint and stop (continue with --resume).
-    #[arg(long, value_name = "N")]
-    pub stop_after: Option<u64>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub control: RunControl,
 }
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
@@ -139,8 +133,8 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     crate::train::tune_allocator();
     let stop = Arc::new(AtomicBool::new(false));
     super::train::install_ctrl_c(stop.clone());
-    let progress = !a.quiet && std::io::stderr().is_terminal();
-    let o = run_finetune(cfg, &FinetuneOptions { resume: a.resume, progress, stop, stop_after: a.stop_after })?;
+    let progress = !a.control.quiet && std::io::stderr().is_terminal();
+    let o = run_finetune(cfg, &FinetuneOptions { resume: a.control.resume, progress, stop, stop_after: a.control.stop_after })?;
     let ev = match (o.first_eval_loss, o.eval_loss) {
         (Some(a), Some(b)) => format!(", held-out loss {a:.4} -> {b:.4}"),
         (None, Some(b)) => format!(", held-out loss {b:.4}"),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
+use super::args::RunControl;
 use crate::train::bench::bench_train;
 use crate::train::config::ModelShape;
 use crate::train::{train as run_training, TrainConfig, TrainOptions};
@@ -37,15 +38,8 @@ pub struct TrainArgs {
     /// Any setting, e.g. --set model.dim=256 --set run.eval_every=100 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
-    /// Continue the run in --out from its latest checkpoint, exactly as if never stopped.
-    #[arg(long)]
-    pub resume: bool,
-    /// Train at most N steps now, then save a checkpoint and stop (continue with --resume).
-    #[arg(long, value_name = "N")]
-    pub stop_after: Option<u64>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub control: RunControl,
 }
 
 /// Ctrl-C sets the flag (the loop saves a checkpoint and stops); a second Ctrl-C quits at once.
@@ -86,7 +80,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     sets.extend(a.set.iter().cloned());
     let cfg = TrainConfig::load(a.config.as_deref(), &sets)?;
-    run_config(cfg, a.resume, a.stop_after, a.quiet)
+    run_config(cfg, a.control.resume, a.control.stop_after, a.control.quiet)
 }
 
 /// Train (or distil) with a resolved config: Ctrl-C handling, progress, the summary line.

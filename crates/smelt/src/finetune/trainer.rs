@@ -6,8 +6,7 @@
 //! finished adapter is written to `OUT/` itself, so `OUT` is the adapter folder.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -71,12 +70,8 @@ struct State {
 
 const FORMAT: &str = "smelt-lora-checkpoint-1";
 
-pub struct FinetuneOptions {
-    pub resume: bool,
-    pub progress: bool,
-    pub stop: Arc<AtomicBool>,
-    pub stop_after: Option<u64>,
-}
+/// The same start/stop controls as pre-training.
+pub type FinetuneOptions = crate::train::TrainOptions;
 
 #[derive(Debug, Clone)]
 pub struct FinetuneOutcome {
