@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +25,7 @@ use crate::train::checkpoint;
 use crate::train::config::OptimConfig;
 use crate::train::metrics::MetricsLog;
 use crate::train::optim::AdamW;
+use crate::train::trainer::progress_bar;
 use crate::train::params::Params;
 use crate::train::schedule::lr_at;
 use crate::train::step::{accumulate_and_step, grads_of, sequences_loss};
@@ -121,18 +121,6 @@ fn micro_batch<'a>(data: &'a Dataset, bin: &[usize]) -> (Vec<&'a [u32]>, Vec<u32
     let inputs = bin.iter().map(|&i| data.examples[i].inputs()).collect();
     let targets = bin.iter().flat_map(|&i| data.examples[i].targets()).collect();
     (inputs, targets)
-}
-
-fn progress_bar(total: u64, start: u64, show: bool) -> ProgressBar {
-    let pb = ProgressBar::with_draw_target(Some(total), if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
-    pb.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30.cyan/blue}] step {pos}/{len} {msg} ETA {eta_precise}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_position(start);
-    pb.reset_eta();
-    pb
 }
 
 fn save_adapter_files(dec: &Decoder, params: &Params, cfg: &FinetuneConfig) -> Result<Vec<(String, Vec<u8>)>> {

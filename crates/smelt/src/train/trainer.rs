@@ -128,7 +128,8 @@ fn open_run(mut cfg: TrainConfig, resume: bool, teacher_vocab: Option<usize>) ->
     }
 }
 
-fn progress_bar(total: u64, start: u64, show: bool) -> ProgressBar {
+/// The step progress bar every trainer draws (pre-training, distillation, fine-tuning).
+pub(crate) fn progress_bar(total: u64, start: u64, show: bool) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total), if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
     pb.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30.cyan/blue}] step {pos}/{len} {msg} ETA {eta_precise}")
