@@ -14,8 +14,10 @@
 
 use rayon::prelude::*;
 
+use super::packed::{PActs, Packed};
 use super::quant::{ActFormat, ActRow, QActs};
 use super::{dot_scalar, Isa, QWeight};
+use crate::load::gguf::GgmlType;
 
 /// Activation rows per group (the largest tile; one panel group).
 pub const GROUP: usize = super::quant::PANEL_ROWS;
@@ -59,6 +61,8 @@ impl PanelRef {
 
 /// Bytes of weight rows a prefill task keeps hot while activation groups stream past.
 const TASK_WEIGHT_BYTES: usize = 16 << 10;
+/// Block groups per k-slice of the packed kernels (2048 values).
+const SLICE_GROUPS: usize = 4;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
@@ -151,6 +155,115 @@ fn run_tile(isa: Isa, w: &QWeight, tl: &Tile<'_>, y: *mut f32, ldy: usize) {
     }
 }
 
+/// How a product is cut into tasks: `n_w` runs of `wr` weight rows × `n_a` runs of `ga`
+/// activation groups (task `t` is weight run `t % n_w`, activation run `t / n_w`).
+struct Plan {
+    threads: usize,
+    wr: usize,
+    n_w: usize,
+    ga: usize,
+    n_a: usize,
+}
+
+impl Plan {
+    fn new(m: usize, n: usize, k: usize, row_bytes: usize) -> Plan {
+        let groups = m.div_ceil(GROUP);
+        let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
+        // Weight rows per task: decode splits rows evenly; prefill keeps a task's rows in L1.
+        let wr = if groups == 1 {
+            n.div_ceil(4 * threads)
+        } else {
+            (TASK_WEIGHT_BYTES / row_bytes).max(4).min(n.div_ceil(threads))
+        }
+        .max(1);
+        let n_w = n.div_ceil(wr);
+        // Split activation groups too when there are too few weight tasks to balance threads.
+        let n_a = (4 * threads).div_ceil(n_w).clamp(1, groups);
+        let ga = groups.div_ceil(n_a);
+        let n_a = groups.div_ceil(ga);
+        Plan { threads, wr, n_w, ga, n_a }
+    }
+
+    /// Run `task(t)` for every task, on the pool when it pays.
+    fn run(&self, task: impl Fn(usize) + Sync + Send) {
+        let tasks = self.n_w * self.n_a;
+        if self.threads == 1 || tasks == 1 {
+            (0..tasks).for_each(task);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
+        }
+    }
+}
+
+thread_local! {
+    /// Activations quantized for the packed kernels (as [`SCRATCH`]).
+    static PSCRATCH: std::cell::Cell<PActs> = std::cell::Cell::new(PActs::default());
+}
+
+/// `y = x · Wᵀ` over a packed weight with the AVX-512 VNNI kernels (the caller checked
+/// that the CPU has them).
+#[cfg(target_arch = "x86_64")]
+fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
+    use super::x86::packed as xp;
+    let (n, nb) = (p.rows, p.nb);
+    let k = nb * super::blocks::QK;
+    let mut acts = PSCRATCH.with(|s| s.take());
+    // SAFETY: the CPU has AVX-512 VNNI (checked by the caller).
+    acts.quantize(x, m, k, |x, q, d, s| unsafe { super::x86::vnni::quantize_row_b32(x, q, d, s) });
+    debug_assert_eq!(GROUP, super::packed::PANEL);
+    let groups = m.div_ceil(GROUP);
+    // k is cut into slices of SLICE_GROUPS block groups, so that a panel's slice (8 rows ×
+    // 2048 quants) stays in L1 while a task's weight rows pass over it; every product
+    // (decode too) sums its slices in the same order, so results do not depend on m.
+    let ng = nb.div_ceil(super::packed::LANES);
+    let slice_bytes = (SLICE_GROUPS * super::packed::LANES * p.dtype.type_size()).min(p.stride);
+    let plan = Plan::new(m, n, k, slice_bytes);
+    let out = OutPtr(y.as_mut_ptr());
+    let shared = &acts;
+    let base = p.bytes().as_ptr() as usize;
+    let stride = p.stride;
+    plan.run(|t| {
+        let (tw, ta) = (t % plan.n_w, t / plan.n_w);
+        let (j0, j1) = (tw * plan.wr, ((tw + 1) * plan.wr).min(n));
+        let w = (base + j0 * stride) as *const u8;
+        for s0 in (0..ng).step_by(SLICE_GROUPS) {
+            let slice = (s0, (s0 + SLICE_GROUPS).min(ng));
+            for g in ta * plan.ga..((ta + 1) * plan.ga).min(groups) {
+                let a0 = GROUP * g;
+                let nr = (m - a0).min(GROUP);
+                let mut r0 = 0;
+                while r0 < nr {
+                    let h = [8, 4, 2, 1].into_iter().find(|&h| h <= nr - r0).unwrap();
+                    let a = shared.row(a0 + r0);
+                    // SAFETY: rows j0..j1 of the packed weight, activation rows a0+r0.. (< m) of
+                    // one panel, and output elements (a0 + r0 + r, j0 + j) written by this task only.
+                    unsafe {
+                        let yp = out.at((a0 + r0) * n + j0);
+                        macro_rules! go {
+                            ($h:literal) => {{
+                                match p.dtype {
+                                    GgmlType::Q4_0 => xp::tile::<{ xp::Q4_0 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
+                                    GgmlType::Q4_1 => xp::tile::<{ xp::Q4_1 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
+                                    GgmlType::Q8_0 => xp::tile::<{ xp::Q8_0 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
+                                    t => unreachable!("no packed kernel for {t}"),
+                                }
+                            }};
+                        }
+                        match h {
+                            8 => go!(8),
+                            4 => go!(4),
+                            2 => go!(2),
+                            _ => go!(1),
+                        }
+                    }
+                    r0 += h;
+                }
+            }
+        }
+    });
+    PSCRATCH.with(|s| s.set(acts));
+}
+
 /// `y (m, n) = x (m, k) · Wᵀ` with `W: (n, k)` quantized. Sizes are checked by the caller
 /// ([`QWeight::matmul_into`]); `isa` must be available.
 pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f32]) {
@@ -158,6 +271,10 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f
     debug_assert!(x.len() == m * k && y.len() == m * n);
     if m == 0 || n == 0 {
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512Vnni, Some(p)) = (isa, w.packed_view()) {
+        return packed_matmul(p, x, m, y);
     }
     let format = ActFormat::for_weight(w.dtype()).expect("QWeight holds a kernel type");
     let mut acts = SCRATCH.with(|s| s.take());
@@ -171,19 +288,7 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f
     let row_bytes = w.row_bytes();
     let data = w.data();
     let groups = m.div_ceil(GROUP);
-    let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
-    // Weight rows per task: decode splits rows evenly; prefill keeps a task's rows in L1.
-    let wr = if groups == 1 {
-        n.div_ceil(4 * threads)
-    } else {
-        (TASK_WEIGHT_BYTES / row_bytes).max(4).min(n.div_ceil(threads))
-    }
-    .max(1);
-    let n_w = n.div_ceil(wr);
-    // Split activation groups too when there are too few weight tasks to balance threads.
-    let n_a = (4 * threads).div_ceil(n_w).clamp(1, groups);
-    let ga = groups.div_ceil(n_a);
-    let n_a = groups.div_ceil(ga);
+    let Plan { threads, wr, n_w, ga, n_a } = Plan::new(m, n, k, row_bytes);
 
     let out = OutPtr(y.as_mut_ptr());
     let shared = &acts;
@@ -209,10 +314,6 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f
             run_tile(isa, w, &tl, unsafe { out.at(a0 * n + j0) }, n);
         }
     };
-    if threads == 1 || n_w * n_a == 1 {
-        (0..n_w * n_a).for_each(task);
-    } else {
-        (0..n_w * n_a).into_par_iter().for_each(task);
-    }
+    Plan { threads, wr, n_w, ga, n_a }.run(task);
     SCRATCH.with(|s| s.set(acts));
 }

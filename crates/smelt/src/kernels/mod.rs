@@ -16,6 +16,7 @@
 pub mod blocks;
 pub mod dot_scalar;
 pub mod matmul;
+pub mod packed;
 pub mod quant;
 pub mod quantize;
 #[doc(hidden)]
@@ -98,6 +99,8 @@ pub struct QWeight {
     dtype: GgmlType,
     rows: usize,
     cols: usize,
+    /// The same matrix repacked for the AVX-512 kernels ([`QWeight::packed`]).
+    packed: Option<std::sync::Arc<packed::Packed>>,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -128,7 +131,7 @@ impl QWeight {
         if offset.checked_add(size).is_none_or(|end| end > bytes.len()) {
             bail!("{dtype} tensor [{rows}, {cols}] at offset {offset} runs past the end of the data ({} bytes)", bytes.len());
         }
-        Ok(QWeight { bytes, offset, dtype, rows, cols })
+        Ok(QWeight { bytes, offset, dtype, rows, cols, packed: None })
     }
 
     /// A weight over its own bytes (tests, weights quantized in memory).
@@ -138,6 +141,31 @@ impl QWeight {
 
     pub fn dtype(&self) -> GgmlType {
         self.dtype
+    }
+
+    /// Whether [`QWeight::packed`] would repack this weight: a packed layout exists for its
+    /// type and the CPU runs the packed kernels (AVX-512 VNNI), unless `SMELT_PACK=0`.
+    pub fn packs(&self) -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("SMELT_PACK").map_or(true, |v| v != "0"));
+        on && packed::supports(self.dtype) && Isa::Avx512Vnni.is_available()
+    }
+
+    /// The weight with a packed copy for the fast kernels ([`packed`]), when [`Self::packs`].
+    /// The file's pages of the original are then released (they are read back from the
+    /// page cache only if something asks for the ggml bytes again: embedding lookups,
+    /// LoRA training, export), so the model stays resident once.
+    pub fn packed(mut self) -> QWeight {
+        if self.packed.is_none() && self.packs() {
+            let nb = self.cols / self.dtype.block_size();
+            self.packed = Some(std::sync::Arc::new(packed::Packed::new(self.dtype, self.data(), self.rows, nb)));
+            self.bytes.release(self.offset, self.rows * self.row_bytes());
+        }
+        self
+    }
+
+    pub fn packed_view(&self) -> Option<&packed::Packed> {
+        self.packed.as_deref()
     }
     pub fn rows(&self) -> usize {
         self.rows

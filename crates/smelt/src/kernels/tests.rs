@@ -203,3 +203,82 @@ fn results_do_not_depend_on_the_batch() {
         }
     }
 }
+
+/// Packed weights ([`super::packed`]): the layout loses nothing, its scalar reference is the
+/// ggml product, and the AVX-512 kernels (every tile height, partial block groups, several
+/// k-slices, threads) match the scalar kernel on the file's layout.
+#[test]
+fn packed_kernels_match_scalar_reference() {
+    use super::packed::{self, Packed};
+    let mut rng = Rng::new(7);
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        // nb: one block, a partial group, exactly one group, group + 1, 5 groups (2 slices), 11.
+        for nb in [1, 7, 16, 17, 70, 176] {
+            let k = nb * 32;
+            let n = if nb > 17 { 37 } else { 9 };
+            let data = random_blocks(&mut rng, t, n, k, 0.1);
+            let p = Packed::new(t, &data, n, nb);
+            let rb = nb * t.type_size();
+            for j in 0..n {
+                assert_eq!(p.unpack_row(j), data[j * rb..(j + 1) * rb], "{t} nb={nb} row {j} round trip");
+            }
+            let w = QWeight::from_vec(data, t, n, k).unwrap();
+            let wf = w.to_f32();
+            for m in [1, 2, 3, 4, 7, 8, 9, 17] {
+                let x = random_acts(&mut rng, m * k);
+                let mut want = vec![0f32; m * n];
+                w.matmul_with(Isa::Scalar, &x, m, &mut want).unwrap();
+                let mut acts = QActs::default();
+                quantize_scalar(&mut acts, ActFormat::B32, &x, m, k);
+                let mut pacts = packed::PActs::default();
+                pacts.quantize(&x, m, k, super::quant::quantize_row_b32);
+                let mut got = vec![f32::NAN; m * n];
+                let simd = Isa::Avx512Vnni.is_available() && w.packs();
+                if simd {
+                    let wp = w.clone().packed();
+                    assert!(wp.packed_view().is_some());
+                    wp.matmul_with(Isa::Avx512Vnni, &x, m, &mut got).unwrap();
+                }
+                for i in 0..m {
+                    let a = acts.dequantize_row(i);
+                    for j in 0..n {
+                        let e = want[i * n + j] as f64;
+                        let tol = rounding_bound(&wf[j * k..(j + 1) * k], &offsets(t, w.row(j)), &a, nb);
+                        let r = packed::dot_ref(t, p.row(j), nb, &pacts, i) as f64;
+                        assert!((r - e).abs() <= tol, "packed reference {t} m={m} nb={nb} [{i},{j}]: {r} vs {e} (tol {tol:e})");
+                        if simd {
+                            let g = got[i * n + j] as f64;
+                            assert!((g - e).abs() <= tol, "packed AVX-512 {t} m={m} nb={nb} [{i},{j}]: {g} vs {e} (tol {tol:e})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packed products are batch-invariant too, and a NaN in one activation row stays there.
+#[test]
+fn packed_results_do_not_depend_on_the_batch() {
+    if !Isa::Avx512Vnni.is_available() {
+        return; // nothing is packed on this CPU (the scalar oracle is tested above)
+    }
+    let mut rng = Rng::new(8);
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let (m, n, k) = (19, 21, 74 * 32);
+        let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap().packed();
+        let mut x = random_acts(&mut rng, m * k);
+        let mut batch = vec![0f32; m * n];
+        w.matmul_into(&x, m, &mut batch).unwrap();
+        for i in 0..m {
+            let mut one = vec![0f32; n];
+            w.matmul_into(&x[i * k..(i + 1) * k], 1, &mut one).unwrap();
+            assert_eq!(one, batch[i * n..(i + 1) * n], "{t} row {i}: alone vs in a batch of {m}");
+        }
+        x[3 * k + 100] = f32::NAN;
+        w.matmul_into(&x, m, &mut batch).unwrap();
+        for (i, row) in batch.chunks(n).enumerate() {
+            assert!(row.iter().all(|v| v.is_nan() == (i == 3)), "{t} row {i}: {row:?}");
+        }
+    }
+}

@@ -32,6 +32,19 @@ pub enum Bytes {
     Owned(Arc<Vec<u8>>),
 }
 
+impl Bytes {
+    /// Tell the kernel we are done with `len` bytes at `offset` for now (a mapped file's
+    /// pages leave this process's resident set; reading them again faults them back in
+    /// from the page cache). No effect on owned bytes.
+    pub fn release(&self, offset: usize, len: usize) {
+        if let Bytes::Mapped(m) = self {
+            // SAFETY: the map is read-only, so its pages are clean copies of the file:
+            // dropped ones are read back unchanged and no reference can see a difference.
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+        }
+    }
+}
+
 impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -75,6 +75,26 @@ fn check_linear(l: &Linear, name: &str, out: usize, inp: usize) -> Result<()> {
     Ok(())
 }
 
+/// Repack every quantized projection for the fast kernels, tensors in parallel
+/// ([`Linear::pack`]; a no-op where the CPU or the type has none).
+fn pack_linears(blocks: &mut [Block], lm_head: &mut Linear) {
+    use rayon::prelude::*;
+    let mut all: Vec<&mut Linear> = vec![lm_head];
+    for b in blocks.iter_mut() {
+        match &mut b.attn.qkv {
+            QkvProj::Separate { q, k, v } => all.extend([q, k, v]),
+            QkvProj::Fused(w) => all.push(w),
+        }
+        all.push(&mut b.attn.o);
+        match &mut b.mlp.gate_up {
+            GateUp::Separate { gate, up } => all.extend([gate, up]),
+            GateUp::Fused(w) => all.push(w),
+        }
+        all.push(&mut b.mlp.down);
+    }
+    all.into_par_iter().for_each(|l| l.pack());
+}
+
 impl Decoder {
     /// Build from weights. Norm weights are expected in the `x * w` convention (loaders
     /// fold Gemma's `1 + w`).
@@ -169,6 +189,9 @@ impl Decoder {
             });
         }
         let ropes = cfg.ropes.iter().map(|r| Rope::new(r, n_ctx, device)).collect::<Result<Vec<_>>>()?;
+        let mut blocks = blocks;
+        let mut lm_head = lm_head;
+        pack_linears(&mut blocks, &mut lm_head);
         Ok(Decoder {
             cfg: cfg.clone(),
             embed,

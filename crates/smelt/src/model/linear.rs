@@ -140,6 +140,16 @@ impl Linear {
         Ok(y)
     }
 
+    /// Repack a quantized weight for the fast kernels where the CPU has them
+    /// ([`QWeight::packed`]); other weights are left as they are.
+    pub fn pack(&mut self) {
+        if let LinearWeight::Quant(q) = &mut self.weight {
+            if q.packs() {
+                *q = q.clone().packed();
+            }
+        }
+    }
+
     /// The weight as loaded (for merging adapters, export).
     pub fn weight(&self) -> Result<Weight> {
         Ok(match &self.weight {

@@ -133,6 +133,7 @@ macro_rules! b32_kernels {
                 let mut b = 0;
                 while b + 8 <= nb {
                     let blk = w.add(b * bytes);
+                    prefetch_ahead(blk, 8 * bytes);
                     let h = |i: usize| (blk.add(i * bytes) as *const i32).read_unaligned();
                     let hdr = _mm256_setr_epi32(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7));
                     let dv = f16x8::<false>(hdr);

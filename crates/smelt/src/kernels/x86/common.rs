@@ -6,6 +6,18 @@ macro_rules! common {
         use crate::kernels::matmul::Tile;
         use crate::load::gguf::GgmlType;
 
+        /// Ask for the `len` bytes that lie [`PREFETCH_AHEAD`] bytes after `p`: weights stream
+        /// through once per token, and the hardware prefetcher alone leaves decode well short
+        /// of the memory's bandwidth.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn prefetch_ahead(p: *const u8, len: usize) {
+            let at = p.wrapping_add(crate::kernels::x86::PREFETCH_AHEAD);
+            for l in (0..len).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l) as *const i8);
+            }
+        }
+
         #[inline]
         #[target_feature(enable = $feat)]
         fn hsum_ps(v: __m256) -> f32 {

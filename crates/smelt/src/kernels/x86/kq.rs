@@ -50,6 +50,7 @@ macro_rules! k_kernels {
                 let mut accm = [_mm_setzero_ps(); R];
                 for b in 0..nb {
                     let blk = w.add(b * bytes);
+                    prefetch_ahead(blk, bytes);
                     let (d, dmin) = f16_2(blk);
                     let (sc, mn) = k4_scales(&*(blk.add(4) as *const [u8; 12]));
                     // Mins: Σ_j m_j·(bsum[2j] + bsum[2j+1]), 8 products in i32 lanes.
@@ -115,6 +116,7 @@ macro_rules! k_kernels {
                 let mut acc = [_mm256_setzero_ps(); R];
                 for b in 0..nb {
                     let blk = w.add(b * 210);
+                    prefetch_ahead(blk, 210);
                     let d = f16_1(blk.add(208));
                     let sc8 = _mm_loadu_si128(blk.add(192) as *const __m128i);
                     let sc16 = _mm256_cvtepi8_epi16(sc8);

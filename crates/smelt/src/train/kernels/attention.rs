@@ -65,6 +65,9 @@ struct AttentionOp {
     scale: f32,
 }
 
+/// Query rows per block of the forward pass.
+const QB: usize = 64;
+
 impl AttentionOp {
     /// `P` for query head `qh` (s × d) against `kg` (t × d), into `p` (s × t).
     fn probs(&self, qh: &[f32], kg: &[f32], p: &mut [f32], dm: &Dims) {
@@ -91,11 +94,22 @@ impl CustomOp3 for AttentionOp {
         o.par_chunks_mut(rep * s * d).enumerate().for_each(|(gi, og)| {
             let kg = &k[gi * t * d..(gi + 1) * t * d];
             let vg = &v[gi * t * d..(gi + 1) * t * d];
-            let mut p = vec![0f32; s * t];
+            // Queries in blocks of QB: a block only needs the keys up to its last position,
+            // so a prefill computes the causal half of the scores, not all of them.
+            let pos = t - s;
+            let mut p = vec![0f32; s.min(QB) * t];
             for r in 0..rep {
                 let qh = &q[(gi * rep + r) * s * d..][..s * d];
-                self.probs(qh, kg, &mut p, &dm);
-                matmul(&mut og[r * s * d..(r + 1) * s * d], Mat::rows(&p, s, t), Mat::rows(vg, t, d), 1.0, false);
+                let oh = &mut og[r * s * d..(r + 1) * s * d];
+                for i0 in (0..s).step_by(QB) {
+                    let (bq, tk) = ((s - i0).min(QB), pos + (i0 + QB).min(s));
+                    let pb = &mut p[..bq * tk];
+                    matmul(pb, Mat::rows(&qh[i0 * d..(i0 + bq) * d], bq, d), Mat::rows(&kg[..tk * d], tk, d).t(), self.scale, false);
+                    for (i, row) in pb.chunks_mut(tk).enumerate() {
+                        softmax_row(row, pos + i0 + i + 1);
+                    }
+                    matmul(&mut oh[i0 * d..(i0 + bq) * d], Mat::rows(pb, bq, tk), Mat::rows(&vg[..tk * d], tk, d), 1.0, false);
+                }
             }
         });
         Ok((CpuStorage::F32(o), ql.shape().clone()))

@@ -1,0 +1,263 @@
+//! Weights repacked at load for the AVX-512 kernels (`x86/packed.rs`): blocks in groups of
+//! 16, laid out "one block per 32-bit lane", so that one 512-bit `vpdpbusd` multiplies 4
+//! values of 16 blocks at once and every block's integer sum stays in its own lane. The
+//! inner loop then has no horizontal reductions and no shuffles, and one scale multiply
+//! serves 16 blocks — about a fifth of the instructions of the ggml layout per weight
+//! byte, which is what lets decode run at memory speed.
+//!
+//! Types: Q4_0, Q4_1, Q8_0. A packed row holds exactly the bytes of the file's row,
+//! reordered (plus padding to 64 bytes); the file's pages are released once a tensor is
+//! packed, so the model is resident once ([`QWeight::packed`](super::QWeight)).
+//!
+//! Row layout, blocks in groups `g` of `nt = min(16, nb − 16g)` lanes:
+//! - quants: group `g` at byte `g·64·C` (C chunks: 4 for Q4, 8 for Q8), chunk `c` at
+//!   `+ c·4·nt`, lane `b` at `+ 4b`:
+//!   - Q4_0/Q4_1: the packed bytes `qs_b[4c..4c+4]` — low nibbles are values `4c..4c+4`
+//!     of block `16g + b`, high nibbles values `16+4c..16+4c+4`;
+//!   - Q8_0: `qs_b[4c..4c+4] ^ 0x80` (the quant + 128, unsigned, as `vpdpbusd` wants);
+//! - then `d` of every block (f16), then for Q4_1 `m` of every block (f16).
+//!
+//! Activations ([`PActs`]) are quantized exactly as [`ActFormat::B32`] (so integer sums
+//! equal the reference kernels') and laid out to match: per group, chunk `k` (values
+//! `4k..4k+4` of each block) at `k·4·nt`, lane `b` at `+ 4b`. The Q4 kernels
+//! pair weight chunk `c`'s low nibbles with activation chunk `c` and its high nibbles with
+//! chunk `c + 4`.
+//!
+//! [`ActFormat::B32`]: super::quant::ActFormat
+
+use super::blocks::QK;
+use crate::load::gguf::GgmlType;
+
+/// Blocks per group (lanes of a 512-bit vector of i32).
+pub const LANES: usize = 16;
+
+/// Whether `t` has a packed layout.
+pub fn supports(t: GgmlType) -> bool {
+    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// Quant bytes per lane and chunk count: (bytes of quants per block, chunks per group).
+fn quant_bytes(t: GgmlType) -> usize {
+    match t {
+        GgmlType::Q8_0 => 32,
+        _ => 16,
+    }
+}
+
+/// 64-byte aligned storage.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A packed `(rows, cols)` matrix.
+pub struct Packed {
+    lines: Vec<Line>,
+    pub dtype: GgmlType,
+    pub rows: usize,
+    /// Blocks per row.
+    pub nb: usize,
+    /// Bytes from one row to the next (a multiple of 64).
+    pub stride: usize,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} [{}, {}])", self.dtype, self.rows, self.nb * QK)
+    }
+}
+
+impl Packed {
+    /// Pack `rows` rows of `nb` blocks of `t` from ggml bytes (`data`, rows back to back).
+    pub fn new(t: GgmlType, data: &[u8], rows: usize, nb: usize) -> Packed {
+        assert!(supports(t));
+        let rb = nb * t.type_size();
+        assert_eq!(data.len(), rows * rb);
+        let stride = rb.div_ceil(64) * 64;
+        let mut lines = vec![Line([0; 64]); rows * stride / 64];
+        // SAFETY: `Line` is 64 plain bytes; the vector holds rows · stride of them.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, rows * stride) };
+        for (src, dst) in data.chunks_exact(rb).zip(bytes.chunks_exact_mut(stride)) {
+            pack_row(t, src, nb, dst);
+        }
+        Packed { lines, dtype: t, rows, nb, stride }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: as in `new`.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.rows * self.stride) }
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.bytes()[r * self.stride..(r + 1) * self.stride]
+    }
+
+    /// Row `r` back in ggml's layout (tests: packing must lose nothing).
+    pub fn unpack_row(&self, r: usize) -> Vec<u8> {
+        let t = self.dtype;
+        let (nb, qb) = (self.nb, quant_bytes(t));
+        let p = self.row(r);
+        let mut out = vec![0u8; nb * t.type_size()];
+        let hd = nb * qb;
+        for b in 0..nb {
+            let blk = &mut out[b * t.type_size()..(b + 1) * t.type_size()];
+            blk[0..2].copy_from_slice(&p[hd + 2 * b..hd + 2 * b + 2]);
+            let q0 = if t == GgmlType::Q4_1 {
+                blk[2..4].copy_from_slice(&p[hd + 2 * nb + 2 * b..hd + 2 * nb + 2 * b + 2]);
+                4
+            } else {
+                2
+            };
+            for i in 0..qb {
+                let v = p[quant_at(t, nb, b, i)];
+                blk[q0 + i] = if t == GgmlType::Q8_0 { v ^ 0x80 } else { v };
+            }
+        }
+        out
+    }
+}
+
+/// Byte offset, within a packed row of `nb` blocks, of quant byte `i` of block `b`.
+#[inline]
+fn quant_at(t: GgmlType, nb: usize, b: usize, i: usize) -> usize {
+    let (g, lane) = (b / LANES, b % LANES);
+    let nt = (nb - g * LANES).min(LANES);
+    g * LANES * quant_bytes(t) + (i / 4) * 4 * nt + 4 * lane + i % 4
+}
+
+fn pack_row(t: GgmlType, src: &[u8], nb: usize, dst: &mut [u8]) {
+    let ts = t.type_size();
+    let qb = quant_bytes(t);
+    let hd = nb * qb;
+    let q0 = if t == GgmlType::Q4_1 { 4 } else { 2 };
+    for (b, blk) in src.chunks_exact(ts).enumerate() {
+        dst[hd + 2 * b..hd + 2 * b + 2].copy_from_slice(&blk[0..2]);
+        if t == GgmlType::Q4_1 {
+            dst[hd + 2 * nb + 2 * b..hd + 2 * nb + 2 * b + 2].copy_from_slice(&blk[2..4]);
+        }
+        let (g, lane) = (b / LANES, b % LANES);
+        let nt = (nb - g * LANES).min(LANES);
+        let base = g * LANES * qb + 4 * lane;
+        for (c, four) in blk[q0..q0 + qb].chunks_exact(4).enumerate() {
+            let at = base + c * 4 * nt;
+            let mut v = u32::from_le_bytes(four.try_into().unwrap());
+            if t == GgmlType::Q8_0 {
+                v ^= 0x8080_8080;
+            }
+            dst[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Activation rows per panel: a tile's rows sit at constant offsets from one base pointer.
+pub const PANEL: usize = 8;
+/// Bytes of quants per (group, row) slot.
+pub const SLOT_Q: usize = LANES * QK;
+
+/// `m` activation rows quantized for the packed kernels (see the module docs), in panels
+/// of [`PANEL`] rows: for panel `p`, group `g` and row `r` (`i = PANEL·p + r`), slot
+/// `(p·ng + g)·PANEL + r` holds the group's quants (at `slot·SLOT_Q`, lane layout) and its
+/// blocks' `d`, `Σq`, `d·Σq` (at `slot·16`). A tile of rows then reads everything from four
+/// base pointers plus constant offsets, so the kernels keep their registers for data.
+#[derive(Debug, Default, Clone)]
+pub struct PActs {
+    pub m: usize,
+    pub k: usize,
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub isum: Vec<i32>,
+    pub s: Vec<f32>,
+    /// Scratch: one row in the plain layout, its scales and sums.
+    plain: (Vec<i8>, Vec<f32>, Vec<f32>),
+}
+
+/// One row's pointers at group 0, as the kernels take them: group `g` of the row is at
+/// `+ g·PANEL·SLOT_Q` quants and `+ g·PANEL·16` scales, the next row at `+ SLOT_Q` / `+ 16`.
+#[derive(Clone, Copy)]
+pub struct PActRow {
+    pub qs: *const i8,
+    pub d: *const f32,
+    pub isum: *const i32,
+    pub s: *const f32,
+}
+
+impl PActs {
+    /// Quantize `x: (m, k)` (`k` a multiple of 32). `quantize_row` is the B32 quantizer
+    /// (SIMD or scalar; they agree bit for bit).
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, quantize_row: impl Fn(&[f32], &mut [i8], &mut [f32], &mut [f32])) {
+        let nb = k / QK;
+        let ng = nb.div_ceil(LANES);
+        let slots = m.div_ceil(PANEL) * ng * PANEL;
+        self.m = m;
+        self.k = k;
+        self.qs.resize(slots * SLOT_Q, 0);
+        self.d.resize(slots * LANES, 0.0);
+        self.isum.resize(slots * LANES, 0);
+        self.s.resize(slots * LANES, 0.0);
+        let (q, d, s) = &mut self.plain;
+        q.resize(k, 0);
+        d.resize(nb, 0.0);
+        s.resize(nb, 0.0);
+        for i in 0..m {
+            quantize_row(&x[i * k..(i + 1) * k], q, d, s);
+            for g in 0..ng {
+                let slot = (i / PANEL * ng + g) * PANEL + i % PANEL;
+                let nt = (nb - g * LANES).min(LANES);
+                let qs = &mut self.qs[slot * SLOT_Q..(slot + 1) * SLOT_Q];
+                for lane in 0..nt {
+                    let b = g * LANES + lane;
+                    let src = &q[b * QK..(b + 1) * QK];
+                    for c in 0..QK / 4 {
+                        qs[c * 4 * nt + 4 * lane..c * 4 * nt + 4 * lane + 4].copy_from_slice(&src[4 * c..4 * c + 4]);
+                    }
+                    self.d[slot * LANES + lane] = d[b];
+                    self.s[slot * LANES + lane] = s[b];
+                    self.isum[slot * LANES + lane] = src.iter().map(|&v| v as i32).sum();
+                }
+            }
+        }
+    }
+
+    fn slot(&self, i: usize, g: usize) -> usize {
+        let ng = (self.k / QK).div_ceil(LANES);
+        (i / PANEL * ng + g) * PANEL + i % PANEL
+    }
+
+    pub fn row(&self, i: usize) -> PActRow {
+        let slot = self.slot(i, 0);
+        PActRow {
+            qs: self.qs[slot * SLOT_Q..].as_ptr(),
+            d: self.d[slot * LANES..].as_ptr(),
+            isum: self.isum[slot * LANES..].as_ptr(),
+            s: self.s[slot * LANES..].as_ptr(),
+        }
+    }
+}
+
+/// Scalar reference of one packed product (weight row `w`, activation row `i` of `acts`),
+/// written from the layout's definition; the tests hold the SIMD kernel to it.
+pub fn dot_ref(t: GgmlType, w: &[u8], nb: usize, acts: &PActs, i: usize) -> f32 {
+    let hd = nb * quant_bytes(t);
+    let f16 = |at: usize| half::f16::from_le_bytes([w[at], w[at + 1]]).to_f32();
+    let mut y = 0f32;
+    for b in 0..nb {
+        let (g, lane) = (b / LANES, b % LANES);
+        let nt = (nb - g * LANES).min(LANES);
+        let slot = acts.slot(i, g);
+        let act = |v: usize| acts.qs[slot * SLOT_Q + (v / 4) * 4 * nt + 4 * lane + v % 4] as i32;
+        let mut sum = 0i32;
+        for v in 0..QK {
+            let q = match t {
+                GgmlType::Q8_0 => w[quant_at(t, nb, b, v)] as i32 - 128,
+                GgmlType::Q4_0 => ((w[quant_at(t, nb, b, v % 16)] >> (4 * (v / 16))) & 15) as i32 - 8,
+                _ => ((w[quant_at(t, nb, b, v % 16)] >> (4 * (v / 16))) & 15) as i32,
+            };
+            sum += q * act(v);
+        }
+        let da = acts.d[slot * LANES + lane];
+        y += f16(hd + 2 * b) * da * sum as f32;
+        if t == GgmlType::Q4_1 {
+            y += f16(hd + 2 * nb + 2 * b) * acts.s[slot * LANES + lane];
+        }
+    }
+    y
+}

@@ -1,0 +1,101 @@
+//! AVX-512 VNNI kernels over packed weights ([`crate::kernels::packed`]): 512-bit vectors,
+//! one block per i32 lane, 16 blocks per step.
+//!
+//! Per group of 16 blocks and activation row: 8 `vpdpbusd` (4 values × 16 blocks each)
+//! onto a start value that carries the type's offset (`−8·Σa` for Q4_0, `−128·Σa` for the
+//! flipped Q8_0 quants, exact in i32), one conversion, one scale product, one FMA. The
+//! unpacked weight vectors are shared by the `R` activation rows of a tile.
+
+use std::arch::x86_64::*;
+
+use crate::kernels::packed::{PActRow, LANES, PANEL, SLOT_Q};
+
+use super::PREFETCH_AHEAD as PF;
+
+/// Kernel ids (const generic `T`).
+pub const Q4_0: u8 = 0;
+pub const Q4_1: u8 = 1;
+pub const Q8_0: u8 = 2;
+
+/// One tile: `rows` packed weight rows (`stride` bytes apart, `nb` blocks each) against
+/// `R` consecutive activation rows of one panel starting at `a`; `y[r·ldy + j]` gets weight
+/// row `j` · activation row `r`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL/VNNI and F16C; `w` points at `rows` packed rows of type `T`;
+/// each of `acts` points at a [`crate::kernels::packed::PActs`] row of `nb` blocks; `y` has
+/// room for `R` rows of stride `ldy` and `rows` columns. `a` and the `R − 1` rows after it
+/// are rows of one panel of a [`crate::kernels::packed::PActs`] of `nb` blocks.
+/// Only groups `groups.0..groups.1` are multiplied; unless that range starts at 0, their
+/// sum is added to `y`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, rows: usize, nb: usize, a: PActRow, y: *mut f32, ldy: usize, groups: (usize, usize)) {
+    let qb = if T == Q8_0 { 32 } else { 16 };
+    let hd = nb * qb; // offset of the f16 scales
+    let low = _mm512_set1_epi8(0x0F);
+    for j in 0..rows {
+        let wr = w.add(j * stride);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for g in groups.0..groups.1 {
+            let nt = (nb - g * LANES).min(LANES);
+            let m16: __mmask16 = if nt == LANES { !0 } else { (1u16 << nt) - 1 };
+            let m64: __mmask64 = if nt == LANES { !0 } else { (1u64 << (4 * nt)) - 1 };
+            let chunk = 4 * nt;
+            let wq = wr.add(g * LANES * qb);
+            // Weights stream through once per token: ask for the lines PF bytes ahead.
+            for l in 0..LANES * qb / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PF + 64 * l) as *const i8);
+            }
+            let mut q = [_mm512_setzero_si512(); 8];
+            if T == Q8_0 {
+                for (c, q) in q.iter_mut().enumerate() {
+                    *q = _mm512_maskz_loadu_epi8(m64, wq.add(c * chunk) as *const i8);
+                }
+            } else {
+                for c in 0..4 {
+                    let x = _mm512_maskz_loadu_epi8(m64, wq.add(c * chunk) as *const i8);
+                    q[c] = _mm512_and_si512(x, low);
+                    q[c + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), low);
+                }
+            }
+            let wd = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wr.add(hd + 32 * g) as *const i16));
+            let wm = if T == Q4_1 {
+                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wr.add(hd + 2 * nb + 32 * g) as *const i16))
+            } else {
+                _mm512_setzero_ps()
+            };
+            // This group's slot of row 0; row r is r slots further on.
+            let (aq, ad, ai, as_) = (a.qs.add(g * PANEL * SLOT_Q), a.d.add(g * PANEL * LANES), a.isum.add(g * PANEL * LANES), a.s.add(g * PANEL * LANES));
+            for r in 0..R {
+                let mut sumi = if T == Q4_1 {
+                    _mm512_setzero_si512()
+                } else {
+                    let isum = _mm512_maskz_loadu_epi32(m16, ai.add(r * LANES));
+                    let off = if T == Q8_0 { _mm512_slli_epi32::<7>(isum) } else { _mm512_slli_epi32::<3>(isum) };
+                    _mm512_sub_epi32(_mm512_setzero_si512(), off)
+                };
+                let aq = aq.add(r * SLOT_Q);
+                if nt == LANES {
+                    for (c, q) in q.iter().enumerate() {
+                        sumi = _mm512_dpbusd_epi32(sumi, *q, _mm512_loadu_si512(aq.add(64 * c) as *const _));
+                    }
+                } else {
+                    for (c, q) in q.iter().enumerate() {
+                        sumi = _mm512_dpbusd_epi32(sumi, *q, _mm512_maskz_loadu_epi8(m64, aq.add(c * chunk)));
+                    }
+                }
+                let sc = _mm512_mul_ps(wd, _mm512_maskz_loadu_ps(m16, ad.add(r * LANES)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), sc, acc[r]);
+                if T == Q4_1 {
+                    acc[r] = _mm512_fmadd_ps(wm, _mm512_maskz_loadu_ps(m16, as_.add(r * LANES)), acc[r]);
+                }
+            }
+        }
+        for r in 0..R {
+            // Slices after the first add on (in slice order, whatever R: batch-invariant).
+            let y = y.add(r * ldy + j);
+            let v = _mm512_reduce_add_ps(acc[r]);
+            *y = if groups.0 == 0 { v } else { *y + v };
+        }
+    }
+}
