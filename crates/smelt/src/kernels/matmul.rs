@@ -216,7 +216,7 @@ fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
     // 2048 quants) stays in L1 while a task's weight rows pass over it; every product
     // (decode too) sums its slices in the same order, so results do not depend on m.
     let ng = nb.div_ceil(super::packed::LANES);
-    let slice_bytes = (SLICE_GROUPS * super::packed::LANES * p.dtype.type_size()).min(p.stride);
+    let slice_bytes = (SLICE_GROUPS * super::packed::LANES * (p.stride / nb)).clamp(1, p.stride);
     let plan = Plan::new(m, n, k, slice_bytes);
     let out = OutPtr(y.as_mut_ptr());
     let shared = &acts;
@@ -245,6 +245,7 @@ fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
                                     GgmlType::Q4_0 => xp::tile::<{ xp::Q4_0 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
                                     GgmlType::Q4_1 => xp::tile::<{ xp::Q4_1 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
                                     GgmlType::Q8_0 => xp::tile::<{ xp::Q8_0 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
+                                    GgmlType::Q4_K => xp::tile::<{ xp::Q4_K }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
                                     t => unreachable!("no packed kernel for {t}"),
                                 }
                             }};

@@ -157,7 +157,7 @@ impl QWeight {
     /// LoRA training, export), so the model stays resident once.
     pub fn packed(mut self) -> QWeight {
         if self.packed.is_none() && self.packs() {
-            let nb = self.cols / self.dtype.block_size();
+            let nb = self.cols / 32; // packed rows count blocks (or sub-blocks) of 32
             self.packed = Some(std::sync::Arc::new(packed::Packed::new(self.dtype, self.data(), self.rows, nb)));
             self.bytes.release(self.offset, self.rows * self.row_bytes());
         }

@@ -5,9 +5,12 @@
 //! serves 16 blocks — about a fifth of the instructions of the ggml layout per weight
 //! byte, which is what lets decode run at memory speed.
 //!
-//! Types: Q4_0, Q4_1, Q8_0. A packed row holds exactly the bytes of the file's row,
-//! reordered (plus padding to 64 bytes); the file's pages are released once a tensor is
-//! packed, so the model is resident once ([`QWeight::packed`](super::QWeight)).
+//! Types: Q4_0, Q4_1, Q8_0 and Q4_K. A packed row holds the bytes of the file's row,
+//! reordered (plus padding to 64 bytes; Q4_K's 6-bit scales and mins are spread to a byte
+//! each: 3% more); the file's pages are released once a tensor is packed, so the model is
+//! resident once ([`QWeight::packed`](super::QWeight)). Q4_K's sub-blocks of 32 are lanes
+//! like the other types' blocks, with scale `d·sc` and offset `−dmin·m` (see
+//! [`pack_row_q4k`]), so one kernel shape serves all four.
 //!
 //! Row layout, blocks in groups `g` of `nt = min(16, nb − 16g)` lanes:
 //! - quants: group `g` at byte `g·64·C` (C chunks: 4 for Q4, 8 for Q8), chunk `c` at
@@ -33,7 +36,21 @@ pub const LANES: usize = 16;
 
 /// Whether `t` has a packed layout.
 pub fn supports(t: GgmlType) -> bool {
-    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K)
+}
+
+/// Bytes of a ggml row of `nb` blocks of 32 values.
+fn ggml_row_bytes(t: GgmlType, nb: usize) -> usize {
+    nb * 32 / t.block_size() * t.type_size()
+}
+
+/// Bytes of a packed row before padding: quants, then the per-lane fields.
+fn packed_row_bytes(t: GgmlType, nb: usize) -> usize {
+    match t {
+        // quants, sc and m bytes per sub-block, (d, dmin) per super-block
+        GgmlType::Q4_K => nb * 16 + 2 * nb + nb / 8 * 4,
+        _ => ggml_row_bytes(t, nb),
+    }
 }
 
 /// Quant bytes per lane and chunk count: (bytes of quants per block, chunks per group).
@@ -70,9 +87,9 @@ impl Packed {
     /// Pack `rows` rows of `nb` blocks of `t` from ggml bytes (`data`, rows back to back).
     pub fn new(t: GgmlType, data: &[u8], rows: usize, nb: usize) -> Packed {
         assert!(supports(t));
-        let rb = nb * t.type_size();
+        let rb = ggml_row_bytes(t, nb);
         assert_eq!(data.len(), rows * rb);
-        let stride = rb.div_ceil(64) * 64;
+        let stride = packed_row_bytes(t, nb).div_ceil(64) * 64;
         let mut lines = vec![Line([0; 64]); rows * stride / 64];
         // SAFETY: `Line` is 64 plain bytes; the vector holds rows · stride of them.
         let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, rows * stride) };
@@ -96,6 +113,9 @@ impl Packed {
         let t = self.dtype;
         let (nb, qb) = (self.nb, quant_bytes(t));
         let p = self.row(r);
+        if t == GgmlType::Q4_K {
+            return unpack_row_q4k(p, nb);
+        }
         let mut out = vec![0u8; nb * t.type_size()];
         let hd = nb * qb;
         for b in 0..nb {
@@ -124,7 +144,58 @@ fn quant_at(t: GgmlType, nb: usize, b: usize, i: usize) -> usize {
     g * LANES * quant_bytes(t) + (i / 4) * 4 * nt + 4 * lane + i % 4
 }
 
+/// Q4_K: sub-block `b` (32 values) becomes a lane like a Q4_0 block (byte `i` holds values
+/// `i` and `i + 16`); its 6-bit scale and min become bytes at `nb·16 + b` and
+/// `nb·17 + b`; each super-block's `d` and `dmin` (f16) follow at `nb·18 + 4·s`.
+fn pack_row_q4k(src: &[u8], nb: usize, dst: &mut [u8]) {
+    let hd = nb * 16;
+    for (sb, blk) in src.chunks_exact(144).enumerate() {
+        dst[hd + 2 * nb + 4 * sb..hd + 2 * nb + 4 * sb + 4].copy_from_slice(&blk[0..4]);
+        let (sc, mn) = super::blocks::scales_mins_k4(&blk[4..16]);
+        for j in 0..8 {
+            let b = 8 * sb + j;
+            dst[hd + b] = sc[j];
+            dst[hd + nb + b] = mn[j];
+            // Values of sub-block j: nibble (j % 2) of bytes 32·(j/2) .. +32.
+            let q = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+            let v = |i: usize| (q[i] >> (4 * (j % 2))) & 15;
+            for i in 0..16 {
+                dst[quant_at(GgmlType::Q4_K, nb, b, i)] = v(i) | (v(i + 16) << 4);
+            }
+        }
+    }
+}
+
+fn unpack_row_q4k(p: &[u8], nb: usize) -> Vec<u8> {
+    let hd = nb * 16;
+    let mut out = vec![0u8; nb / 8 * 144];
+    for (sb, blk) in out.chunks_exact_mut(144).enumerate() {
+        blk[0..4].copy_from_slice(&p[hd + 2 * nb + 4 * sb..hd + 2 * nb + 4 * sb + 4]);
+        let sc: [u8; 8] = std::array::from_fn(|j| p[hd + 8 * sb + j]);
+        let mn: [u8; 8] = std::array::from_fn(|j| p[hd + nb + 8 * sb + j]);
+        // ggml's 12-byte packing of eight 6-bit scales and mins (the inverse of scale_min_k4).
+        for j in 0..4 {
+            blk[4 + j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
+            blk[8 + j] = (mn[j] & 63) | ((mn[j + 4] >> 4) << 6);
+            blk[12 + j] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
+        }
+        for j in 0..8 {
+            let b = 8 * sb + j;
+            for i in 0..16 {
+                let v = p[quant_at(GgmlType::Q4_K, nb, b, i)];
+                let at = 16 + 32 * (j / 2);
+                blk[at + i] |= (v & 15) << (4 * (j % 2));
+                blk[at + i + 16] |= (v >> 4) << (4 * (j % 2));
+            }
+        }
+    }
+    out
+}
+
 fn pack_row(t: GgmlType, src: &[u8], nb: usize, dst: &mut [u8]) {
+    if t == GgmlType::Q4_K {
+        return pack_row_q4k(src, nb, dst);
+    }
     let ts = t.type_size();
     let qb = quant_bytes(t);
     let hd = nb * qb;
@@ -238,6 +309,17 @@ impl PActs {
 pub fn dot_ref(t: GgmlType, w: &[u8], nb: usize, acts: &PActs, i: usize) -> f32 {
     let hd = nb * quant_bytes(t);
     let f16 = |at: usize| half::f16::from_le_bytes([w[at], w[at + 1]]).to_f32();
+    // (scale, offset) of block b: w = scale·q + offset.
+    let field = |b: usize| -> (f32, f32) {
+        match t {
+            GgmlType::Q4_K => {
+                let (d, dmin) = (f16(hd + 2 * nb + 4 * (b / 8)), f16(hd + 2 * nb + 4 * (b / 8) + 2));
+                (d * w[hd + b] as f32, -dmin * w[hd + nb + b] as f32)
+            }
+            GgmlType::Q4_1 => (f16(hd + 2 * b), f16(hd + 2 * nb + 2 * b)),
+            _ => (f16(hd + 2 * b), 0.0),
+        }
+    };
     let mut y = 0f32;
     for b in 0..nb {
         let (g, lane) = (b / LANES, b % LANES);
@@ -254,10 +336,8 @@ pub fn dot_ref(t: GgmlType, w: &[u8], nb: usize, acts: &PActs, i: usize) -> f32 
             sum += q * act(v);
         }
         let da = acts.d[slot * LANES + lane];
-        y += f16(hd + 2 * b) * da * sum as f32;
-        if t == GgmlType::Q4_1 {
-            y += f16(hd + 2 * nb + 2 * b) * acts.s[slot * LANES + lane];
-        }
+        let (sc, off) = field(b);
+        y += sc * da * sum as f32 + off * acts.s[slot * LANES + lane];
     }
     y
 }

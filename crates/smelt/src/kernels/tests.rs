@@ -204,21 +204,24 @@ fn results_do_not_depend_on_the_batch() {
     }
 }
 
-/// Packed weights ([`super::packed`]): the layout loses nothing, its scalar reference is the
-/// ggml product, and the AVX-512 kernels (every tile height, partial block groups, several
-/// k-slices, threads) match the scalar kernel on the file's layout.
+/// Packed weights ([`super::packed`]): the layout loses nothing, and both its scalar
+/// reference and the AVX-512 kernels (every tile height, partial block groups, several
+/// k-slices, threads) equal the exact product of the file's dequantized weights with the
+/// quantized activations, within the rounding bound.
 #[test]
 fn packed_kernels_match_scalar_reference() {
     use super::packed::{self, Packed};
     let mut rng = Rng::new(7);
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        // nb: one block, a partial group, exactly one group, group + 1, 5 groups (2 slices), 11.
-        for nb in [1, 7, 16, 17, 70, 176] {
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+        // nb (blocks of 32): one block, a partial group, exactly one group, group + 1, 5
+        // groups (2 slices), 11 groups; Q4_K in whole super-blocks.
+        let sizes: &[usize] = if t == GgmlType::Q4_K { &[8, 16, 24, 72, 176] } else { &[1, 7, 16, 17, 70, 176] };
+        for &nb in sizes {
             let k = nb * 32;
             let n = if nb > 17 { 37 } else { 9 };
             let data = random_blocks(&mut rng, t, n, k, 0.1);
             let p = Packed::new(t, &data, n, nb);
-            let rb = nb * t.type_size();
+            let rb = k / t.block_size() * t.type_size();
             for j in 0..n {
                 assert_eq!(p.unpack_row(j), data[j * rb..(j + 1) * rb], "{t} nb={nb} row {j} round trip");
             }
@@ -226,8 +229,7 @@ fn packed_kernels_match_scalar_reference() {
             let wf = w.to_f32();
             for m in [1, 2, 3, 4, 7, 8, 9, 17] {
                 let x = random_acts(&mut rng, m * k);
-                let mut want = vec![0f32; m * n];
-                w.matmul_with(Isa::Scalar, &x, m, &mut want).unwrap();
+                // The packed kernels quantize activations in blocks of 32 (K-quants too).
                 let mut acts = QActs::default();
                 quantize_scalar(&mut acts, ActFormat::B32, &x, m, k);
                 let mut pacts = packed::PActs::default();
@@ -242,7 +244,7 @@ fn packed_kernels_match_scalar_reference() {
                 for i in 0..m {
                     let a = acts.dequantize_row(i);
                     for j in 0..n {
-                        let e = want[i * n + j] as f64;
+                        let e = dot_f64(&wf[j * k..(j + 1) * k], &a);
                         let tol = rounding_bound(&wf[j * k..(j + 1) * k], &offsets(t, w.row(j)), &a, nb);
                         let r = packed::dot_ref(t, p.row(j), nb, &pacts, i) as f64;
                         assert!((r - e).abs() <= tol, "packed reference {t} m={m} nb={nb} [{i},{j}]: {r} vs {e} (tol {tol:e})");
@@ -264,8 +266,8 @@ fn packed_results_do_not_depend_on_the_batch() {
         return; // nothing is packed on this CPU (the scalar oracle is tested above)
     }
     let mut rng = Rng::new(8);
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        let (m, n, k) = (19, 21, 74 * 32);
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
+        let (m, n, k) = (19, 21, if t == GgmlType::Q4_K { 2304 } else { 74 * 32 });
         let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap().packed();
         let mut x = random_acts(&mut rng, m * k);
         let mut batch = vec![0f32; m * n];

@@ -16,6 +16,7 @@ use super::PREFETCH_AHEAD as PF;
 pub const Q4_0: u8 = 0;
 pub const Q4_1: u8 = 1;
 pub const Q8_0: u8 = 2;
+pub const Q4_K: u8 = 3;
 
 /// One tile: `rows` packed weight rows (`stride` bytes apart, `nb` blocks each) against
 /// `R` consecutive activation rows of one panel starting at `a`; `y[r·ldy + j]` gets weight
@@ -58,16 +59,27 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
                     q[c + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), low);
                 }
             }
-            let wd = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wr.add(hd + 32 * g) as *const i16));
-            let wm = if T == Q4_1 {
-                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wr.add(hd + 2 * nb + 32 * g) as *const i16))
+            // Per-lane scale and offset factor (`w = wd·q + wm` per block, Q4_K: `wm = −dmin·m`).
+            let (wd, wm) = if T == Q4_K {
+                let byte_f32 = |p: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m16, p as *const i8)));
+                // (d, dmin) of super-blocks 2g and 2g + 1 → lanes 0..8 and 8..16.
+                let dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_maskz_loadu_epi16(if nt > 8 { 0xF } else { 0x3 }, wr.add(hd + 2 * nb + 8 * g) as *const i16)));
+                let d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2), dd);
+                let dmin = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3), dd);
+                (_mm512_mul_ps(byte_f32(wr.add(hd + 16 * g)), d), _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(byte_f32(wr.add(hd + nb + 16 * g)), dmin)))
             } else {
-                _mm512_setzero_ps()
+                let wd = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wr.add(hd + 32 * g) as *const i16));
+                let wm = if T == Q4_1 {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wr.add(hd + 2 * nb + 32 * g) as *const i16))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                (wd, wm)
             };
             // This group's slot of row 0; row r is r slots further on.
             let (aq, ad, ai, as_) = (a.qs.add(g * PANEL * SLOT_Q), a.d.add(g * PANEL * LANES), a.isum.add(g * PANEL * LANES), a.s.add(g * PANEL * LANES));
             for r in 0..R {
-                let mut sumi = if T == Q4_1 {
+                let mut sumi = if T == Q4_1 || T == Q4_K {
                     _mm512_setzero_si512()
                 } else {
                     let isum = _mm512_maskz_loadu_epi32(m16, ai.add(r * LANES));
@@ -86,7 +98,7 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
                 }
                 let sc = _mm512_mul_ps(wd, _mm512_maskz_loadu_ps(m16, ad.add(r * LANES)));
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), sc, acc[r]);
-                if T == Q4_1 {
+                if T == Q4_1 || T == Q4_K {
                     acc[r] = _mm512_fmadd_ps(wm, _mm512_maskz_loadu_ps(m16, as_.add(r * LANES)), acc[r]);
                 }
             }
