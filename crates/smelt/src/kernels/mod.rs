@@ -1,7 +1,10 @@
 //! smelt's quantized matrix kernels: `y = x · Wᵀ` with `W` kept in ggml block format,
 //! straight from the model file's memory map.
 //!
-//! - [`QWeight`]: a zero-copy view of a quantized `(rows, cols)` matrix in the file.
+//! - [`QWeight`]: a zero-copy view of a quantized `(rows, cols)` matrix in the file; on
+//!   AVX-512 VNNI CPUs, Q4_0/Q4_1/Q8_0/Q4_K weights are repacked at load ([`packed`]:
+//!   one block per SIMD lane, about a fifth of the instructions per weight byte) and the
+//!   file's pages released, so the model is still resident once.
 //! - [`QWeight::matmul_into`] / [`QWeight::forward`]: quantize each activation row once to
 //!   8 bits ([`quant`]), then integer dot products per block ([`dot_scalar`], the x86
 //!   SIMD kernels in `x86/`), tiled and spread over rayon's pool ([`matmul`]).
