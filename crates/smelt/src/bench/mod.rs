@@ -153,6 +153,8 @@ pub struct BenchReport {
     /// Memory read bandwidth with the same threads, GB/s.
     pub mem_read_gbs: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// Seconds to build the model from the mapped file (weights repacked where they are).
+    pub load_s: f64,
 }
 
 impl BenchReport {

@@ -64,7 +64,9 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     if a.prompt == 0 && a.gen == 0 {
         bail!("nothing to measure: -p and -n are both 0");
     }
+    let t0 = std::time::Instant::now();
     let dec = bench::decoder_from_gguf(file.clone(), bench::ctx_needed(a.prompt, a.gen, a.depth))?;
+    let load_s = t0.elapsed().as_secs_f64();
     let mut tests = Vec::new();
     if a.prompt > 0 {
         tests.push(bench::run_test(&dec, Kind::Prefill, a.prompt, a.depth, a.reps, 1)?);
@@ -86,6 +88,7 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         tests,
         mem_read_gbs: bench::membw::read_bandwidth(512 << 20, 5),
         peak_rss_bytes,
+        load_s,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -107,11 +110,12 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         println!("| {:<15} | {:>8.2} ± {:<5.2} | {bw:>9} |", t.name, t.mean, t.sd);
     }
     println!(
-        "weights read per decoded token: {}; memory read bandwidth with {} threads: {:.1} GB/s; peak RSS: {}",
+        "weights read per decoded token: {}; memory read bandwidth with {} threads: {:.1} GB/s; peak RSS: {}; load: {:.2} s",
         human(report.weight_bytes_per_token),
         report.threads,
         report.mem_read_gbs,
-        report.peak_rss_bytes.map_or("?".into(), human)
+        report.peak_rss_bytes.map_or("?".into(), human),
+        report.load_s
     );
     Ok(())
 }

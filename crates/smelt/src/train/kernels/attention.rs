@@ -87,13 +87,14 @@ impl CustomOp3 for AttentionOp {
 
     fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> Result<(CpuStorage, Shape)> {
         let dm = Dims::of(ql, kl, vl)?;
-        let (q, k, v) = (f32_data(qs, ql, "attention")?, f32_data(ks, kl, "attention")?, f32_data(vs, vl, "attention")?);
+        let q = f32_data(qs, ql, "attention")?;
+        let (k, v) = (HeadRows::of(ks, kl)?, HeadRows::of(vs, vl)?);
         let (s, t, d, rep) = (dm.s, dm.t, dm.d, dm.h / dm.kv);
         let mut o = vec![0f32; q.len()];
         // One task per (batch, kv head): its `rep` query heads are contiguous in q and o.
         o.par_chunks_mut(rep * s * d).enumerate().for_each(|(gi, og)| {
-            let kg = &k[gi * t * d..(gi + 1) * t * d];
-            let vg = &v[gi * t * d..(gi + 1) * t * d];
+            let kg = k.head(gi, dm.kv, t * d);
+            let vg = v.head(gi, dm.kv, t * d);
             // Queries in blocks of QB: a block only needs the keys up to its last position,
             // so a prefill computes the causal half of the scores, not all of them.
             let pos = t - s;
@@ -152,9 +153,50 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
-/// Differentiable causal attention (see the module docs). Inputs are made contiguous.
+/// `k` or `v` data `(b, kv, t, d)` whose rows are contiguous within each head, heads and
+/// batches at any stride: a view into a longer KV cache is read in place, not copied.
+struct HeadRows<'a> {
+    data: &'a [f32],
+    start: usize,
+    batch_stride: usize,
+    head_stride: usize,
+}
+
+impl<'a> HeadRows<'a> {
+    fn of(st: &'a CpuStorage, l: &Layout) -> Result<HeadRows<'a>> {
+        let CpuStorage::F32(data) = st else { candle_core::bail!("attention: f32 only") };
+        let st = l.stride();
+        if !head_rows_contiguous(l) {
+            candle_core::bail!("attention: k/v rows must be contiguous within a head (strides {st:?})");
+        }
+        Ok(HeadRows { data, start: l.start_offset(), batch_stride: st[0], head_stride: st[1] })
+    }
+
+    /// The `len` values of head `gi` (batch `gi / kv`, head `gi % kv`).
+    fn head(&self, gi: usize, kv: usize, len: usize) -> &'a [f32] {
+        let at = self.start + gi / kv * self.batch_stride + gi % kv * self.head_stride;
+        &self.data[at..at + len]
+    }
+}
+
+/// Whether a `(b, kv, t, d)` layout has each head's `t × d` values contiguous.
+fn head_rows_contiguous(l: &Layout) -> bool {
+    let (st, dims) = (l.stride(), l.dims());
+    dims.len() == 4 && (st[3] == 1 || dims[3] == 1) && (st[2] == dims[3] || dims[2] == 1)
+}
+
+/// Differentiable causal attention (see the module docs). `q` is made contiguous; `k` and
+/// `v` only when their rows are not contiguous within a head or gradients flow through
+/// them (a KV-cache view at inference is read in place).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let in_place = |x: &Tensor| -> Result<Tensor> {
+        if !x.track_op() && head_rows_contiguous(x.layout()) {
+            Ok(x.clone())
+        } else {
+            x.contiguous()
+        }
+    };
+    let (q, k, v) = (q.contiguous()?, in_place(k)?, in_place(v)?);
     dims_check(&q, &k, &v)?;
     q.apply_op3(&k, &v, AttentionOp { scale: scale as f32 })
 }
