@@ -50,28 +50,57 @@ pub fn attention_mask(s: usize, pos: usize, window: Option<usize>, rep: usize, d
 }
 
 impl Attention {
-    /// Project `x: (s, hidden)` into q `(1, n_heads, s, hd)` and k, v `(1, n_kv, s, hd)`.
+    /// Project `x: (n, hidden)` into q `(n, nh·hd)`, k and v `(n, nkv·hd)` — one product
+    /// each for every sequence of a batch.
     fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (s, _) = x.dims2()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let (q, k, v) = match &self.qkv {
+        Ok(match &self.qkv {
             QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             QkvProj::Fused(w) => {
                 let qkv = w.forward(x)?;
                 (qkv.narrow(1, 0, nh * hd)?, qkv.narrow(1, nh * hd, nkv * hd)?, qkv.narrow(1, (nh + nkv) * hd, nkv * hd)?)
             }
-        };
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((1, s, n, hd))?.transpose(1, 2)?.contiguous()?) };
-        Ok((heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?))
+        })
     }
 
     /// One sequence's new tokens `x: (s, hidden)` at positions `pos..pos+s`; appends to
     /// `cache` (when given) and returns `(s, hidden)`.
     pub fn forward(&self, x: &Tensor, pos: usize, rope: &Rope, layer: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (s, _) = x.dims2()?;
+        let (q, k, v) = self.project(x)?;
+        let out = self.attend(&q, &k, &v, pos, rope, layer, cache)?;
+        self.o.forward(&out)
+    }
+
+    /// Several sequences in one pass: `x: (Σ s_i, hidden)`, sequence `i` being `lens[i]`
+    /// rows at positions `pos[i]..` with its own cache. The q/k/v and output projections
+    /// run once over all rows (a batched decode step reads each weight once, not once per
+    /// sequence); only the attention itself is per sequence. Returns `(Σ s_i, hidden)`.
+    pub fn forward_seqs(&self, x: &Tensor, lens: &[usize], pos: &[usize], caches: &mut [Option<&mut KvCache>], rope: &Rope, layer: usize) -> Result<Tensor> {
+        if lens.len() == 1 {
+            return self.forward(x, pos[0], rope, layer, caches[0].as_deref_mut());
+        }
+        let (q, k, v) = self.project(x)?;
+        let mut parts = Vec::with_capacity(lens.len());
+        let mut off = 0;
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let s = lens[i];
+            let (qs, ks, vs) = (q.narrow(0, off, s)?, k.narrow(0, off, s)?, v.narrow(0, off, s)?);
+            parts.push(self.attend(&qs, &ks, &vs, pos[i], rope, layer, cache.as_deref_mut())?);
+            off += s;
+        }
+        self.o.forward(&Tensor::cat(&parts, 0)?)
+    }
+
+    /// Attention of one sequence: q `(s, nh·hd)`, k and v `(s, nkv·hd)` of its new tokens
+    /// → `(s, nh·hd)`, before the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, rope: &Rope, layer: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (s, _) = q.dims2()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = nh / nkv;
-        let (mut q, mut k, v) = self.project(x)?;
+        // (s, n·hd) -> (1, n, s, hd)
+        let heads = |t: &Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((1, s, n, hd))?.transpose(1, 2)?.contiguous()?) };
+        let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         if let Some(n) = &self.q_norm {
             q = n.forward(&q)?;
         }
@@ -91,8 +120,7 @@ impl Attention {
             // was a quarter of the time. The path below is its oracle, and serves
             // soft-capping and sliding windows.
             let out = crate::train::kernels::attention::attention(&q, &k, &v, self.scale)?; // (1, nh, s, hd)
-            let out = out.transpose(1, 2)?.reshape((s, nh * hd))?;
-            return self.o.forward(&out);
+            return Ok(out.transpose(1, 2)?.reshape((s, nh * hd))?);
         }
 
         // Fold the query heads that share a kv head into the row axis:
@@ -102,7 +130,7 @@ impl Attention {
         if let Some(cap) = self.softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        if let Some(mask) = attention_mask(s, t - s, self.sliding_window, rep, x.device())? {
+        if let Some(mask) = attention_mask(s, t - s, self.sliding_window, rep, q.device())? {
             scores = scores.broadcast_add(&mask)?;
         }
         let probs = if scores.track_op() {
@@ -112,8 +140,7 @@ impl Attention {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let out = probs.matmul(&v.contiguous()?)?; // (1, nkv, rep*s, hd)
-        let out = out.reshape((1, nh, s, hd))?.transpose(1, 2)?.reshape((s, nh * hd))?;
-        self.o.forward(&out)
+        Ok(out.reshape((1, nh, s, hd))?.transpose(1, 2)?.reshape((s, nh * hd))?)
     }
 }
 

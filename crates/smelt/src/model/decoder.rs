@@ -244,14 +244,8 @@ impl Decoder {
         }
         for (li, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
-            let mut parts = Vec::with_capacity(seqs.len());
-            let mut off = 0;
-            for (si, s) in seqs.iter_mut().enumerate() {
-                let hs = h.narrow(0, off, lens[si])?;
-                parts.push(b.attn.forward(&hs, pos[si], &self.ropes[b.rope], li, s.cache.as_deref_mut())?);
-                off += lens[si];
-            }
-            let mut a = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(&parts, 0)? };
+            let mut caches: Vec<Option<&mut KvCache>> = seqs.iter_mut().map(|s| s.cache.as_deref_mut()).collect();
+            let mut a = b.attn.forward_seqs(&h, &lens, &pos, &mut caches, &self.ropes[b.rope], li)?;
             if let Some(n) = &b.post_attn_norm {
                 a = n.forward(&a)?;
             }
