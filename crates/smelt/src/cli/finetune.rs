@@ -89,11 +89,16 @@ pub struct FinetuneArgs {
     pub keep_checkpoints: usize,
     #[arg(long, default_value_t = 1)]
     pub log_every: u64,
+    /// All products in f32 (default: the frozen base weights' backward products in bf16 with
+    /// f32 accumulation, where the CPU has AVX-512 BF16).
+    #[arg(long)]
+    pub f32: bool,
     #[command(flatten)]
     pub control: RunControl,
 }
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    crate::train::kernels::frozen::set_bf16_backward(!a.f32);
     let base = Hub::from_env()?.resolve(&a.base)?.path().to_path_buf();
     let cfg = FinetuneConfig {
         base,

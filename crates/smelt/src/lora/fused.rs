@@ -19,13 +19,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::QWeight;
-use crate::sample::Rng;
+use crate::train::simd::multiversion;
+use crate::train::kernels::frozen::{bf16_backward, quant_backward};
 use crate::train::kernels::gemm::{matmul_par, Mat};
 use crate::train::kernels::{f32_data, tensor_vec};
 use crate::train::optim::with_f32;
-
-/// Rows of a quantized weight dequantized together in the backward pass.
-const BAND: usize = 256;
 
 /// The frozen base weight of the layer.
 #[derive(Clone)]
@@ -56,20 +54,14 @@ impl Frozen {
         }
     }
 
-    /// `dx (m × cols) = dy (m × rows) · W`.
-    fn backward(&self, dy: &[f32], m: usize, dx: &mut [f32]) -> Result<()> {
+    /// `dx (m × cols) = dy (m × rows) · W` (quantized: bf16 products when `bf16`).
+    fn backward(&self, dy: &[f32], m: usize, dx: &mut [f32], bf16: bool) -> Result<()> {
         let (rows, cols) = self.dims();
         match self {
             Frozen::Dense(w) => with_f32(w, |w| matmul_par(dx, Mat::rows(dy, m, rows), Mat::rows(w, rows, cols), 1.0, false))
                 .map_err(|e| candle_core::Error::Msg(format!("{e:#}"))),
             Frozen::Quant(q) => {
-                let mut band = vec![0f32; BAND.min(rows) * cols];
-                for r0 in (0..rows).step_by(BAND) {
-                    let n = BAND.min(rows - r0);
-                    band[..n * cols].par_chunks_mut(cols).enumerate().for_each(|(i, out)| q.dequantize_row(r0 + i, out));
-                    let dy_band = Mat { ptr: dy[r0..].as_ptr(), rows: m, cols: n, rs: rows as isize, cs: 1 };
-                    matmul_par(dx, dy_band, Mat::rows(&band, n, cols), 1.0, r0 > 0);
-                }
+                quant_backward(q, dy, m, dx, bf16);
                 Ok(())
             }
         }
@@ -84,17 +76,73 @@ struct LoraLinear {
     dropout: f32,
     /// Seeds this application's dropout mask (the backward pass regenerates it).
     seed: u64,
+    /// bf16 products for the frozen weight's backward pass.
+    bf16: bool,
+}
+
+/// Elements per parallel task of the dropout passes (fixed: the mask depends only on the
+/// seed and the element's index).
+const DROP_CHUNK: usize = 1 << 16;
+
+/// A counter-based hash of element `i` (murmur3's finaliser): the mask is a pure function
+/// of `(seed, i)`, so the backward pass regenerates it exactly, in any order and in
+/// parallel, and the loops vectorise.
+#[inline(always)]
+fn mask_hash(seed: u32, i: u32) -> u32 {
+    let mut h = i.wrapping_mul(0x9E37_79B1) ^ seed;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xC2B2_AE35);
+    h ^ (h >> 16)
+}
+
+multiversion! {
+    /// `dst[i] = keep(i) ? x[i] · scale : 0` for elements `base..` of the mask.
+    fn drop_into(dst: &mut [f32], x: &[f32], base: u32, seed: u32, threshold: u32, scale: f32) {
+        for (i, (d, &v)) in dst.iter_mut().zip(x).enumerate() {
+            let kept = mask_hash(seed, base.wrapping_add(i as u32)) >= threshold;
+            *d = if kept { v * scale } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
+    /// `dx[i] += keep(i) ? g[i] · scale : 0`: the gradient through the same mask.
+    fn drop_grad_add(dx: &mut [f32], g: &[f32], base: u32, seed: u32, threshold: u32, scale: f32) {
+        for (i, (d, &v)) in dx.iter_mut().zip(g).enumerate() {
+            let kept = mask_hash(seed, base.wrapping_add(i as u32)) >= threshold;
+            *d += if kept { v * scale } else { 0.0 };
+        }
+    }
 }
 
 impl LoraLinear {
+    /// (seed, threshold, scale) of the mask: element `i` is kept when its hash ≥ threshold.
+    fn mask(&self) -> (u32, u32, f32) {
+        let threshold = (self.dropout as f64 * 4294967296.0).min(u32::MAX as f64) as u32;
+        ((self.seed ^ (self.seed >> 32)) as u32, threshold, 1.0 / (1.0 - self.dropout))
+    }
+
     /// `x` with dropout applied (a copy), or `None` when there is no dropout.
     fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
         if self.dropout <= 0.0 {
             return None;
         }
-        let keep = 1.0 / (1.0 - self.dropout);
-        let mut rng = Rng::new(self.seed);
-        Some(x.iter().map(|&v| if (rng.next_f64() as f32) < self.dropout { 0.0 } else { v * keep }).collect())
+        let (seed, threshold, scale) = self.mask();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(DROP_CHUNK).zip(x.par_chunks(DROP_CHUNK)).enumerate().for_each(|(c, (d, x))| {
+            drop_into(d, x, (c * DROP_CHUNK) as u32, seed, threshold, scale);
+        });
+        Some(out)
+    }
+
+    /// `dx += mask ⊙ g · scale` (the dropout's backward pass).
+    fn add_dropped_grad(&self, dx: &mut [f32], g: &[f32]) {
+        let (seed, threshold, scale) = self.mask();
+        dx.par_chunks_mut(DROP_CHUNK).zip(g.par_chunks(DROP_CHUNK)).enumerate().for_each(|(c, (d, g))| {
+            drop_grad_add(d, g, (c * DROP_CHUNK) as u32, seed, threshold, scale);
+        });
     }
 }
 
@@ -140,18 +188,12 @@ impl CustomOp3 for LoraLinear {
         let mut da = vec![0f32; r * k];
         matmul_par(&mut da, Mat::rows(&dh, m, r).t(), Mat::rows(xd, m, k), 1.0, false);
         let mut dx = vec![0f32; m * k];
-        self.w.backward(&dyv, m, &mut dx)?;
+        self.w.backward(&dyv, m, &mut dx, self.bf16)?;
         if self.dropout > 0.0 {
             let mut dxd = vec![0f32; m * k];
             matmul_par(&mut dxd, Mat::rows(&dh, m, r), Mat::rows(&av, r, k), 1.0, false);
-            // The mask: where dropout kept x (scaled), the gradient passes with the same scale.
-            let keep = 1.0 / (1.0 - self.dropout);
-            let mut rng = Rng::new(self.seed);
-            for (d, g) in dx.iter_mut().zip(&dxd) {
-                if (rng.next_f64() as f32) >= self.dropout {
-                    *d += g * keep;
-                }
-            }
+            // Where dropout kept x (scaled), the gradient passes with the same scale.
+            self.add_dropped_grad(&mut dx, &dxd);
         } else {
             matmul_par(&mut dx, Mat::rows(&dh, m, r), Mat::rows(&av, r, k), 1.0, true);
         }
@@ -165,8 +207,13 @@ impl CustomOp3 for LoraLinear {
 
 /// `x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ`, differentiable in `x`, `A` and `B`.
 pub fn lora_linear(x: &Tensor, w: Frozen, a: &Tensor, b: &Tensor, scale: f64, dropout: f32) -> Result<Tensor> {
+    lora_linear_with(x, w, a, b, scale, dropout, bf16_backward())
+}
+
+/// [`lora_linear`] with the frozen weight's backward precision given.
+pub fn lora_linear_with(x: &Tensor, w: Frozen, a: &Tensor, b: &Tensor, scale: f64, dropout: f32, bf16: bool) -> Result<Tensor> {
     let seed = DROPOUT_STREAM.fetch_add(0x9e3779b97f4a7c15, Ordering::Relaxed);
-    let op = LoraLinear { w, scale: scale as f32, dropout, seed };
+    let op = LoraLinear { w, scale: scale as f32, dropout, seed, bf16: bf16 && crate::train::kernels::bf16::available() };
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 
@@ -195,7 +242,7 @@ mod tests {
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (n, r), &dev).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
         for (w, tol) in [(Frozen::Dense(wq.clone()), 1e-5), (Frozen::Quant(q.clone()), 2e-2)] {
-            let ours = lora_linear(&x, w, &a, &b, 2.0, 0.0).unwrap();
+            let ours = lora_linear_with(&x, w, &a, &b, 2.0, 0.0, false).unwrap();
             let want = oracle(&x, &wq, &a, &b, 2.0);
             assert_close(&ours, &want, tol);
             let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();

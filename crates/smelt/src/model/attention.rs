@@ -80,6 +80,16 @@ impl Attention {
             return self.forward(x, pos[0], rope, layer, caches[0].as_deref_mut());
         }
         let (q, k, v) = self.project(x)?;
+        if caches.iter().all(|c| c.is_none()) && pos.iter().all(|&p| p == 0) && self.softcap.is_none() && self.sliding_window.is_none() {
+            // Training / scoring: every sequence in one fused attention op (slicing per
+            // sequence would cost a whole-batch pad and add per slice in the backward pass).
+            let n = x.dims2()?.0;
+            let (q, k, v) = self.heads(&q, &k, &v)?;
+            let positions: Vec<u32> = lens.iter().flat_map(|&l| 0..l as u32).collect();
+            let (q, k) = (rope.apply_positions(&q, &positions)?, rope.apply_positions(&k, &positions)?);
+            let out = crate::train::kernels::attention::attention_segments(&q, &k, &v, self.scale, lens)?; // (1, nh, n, hd)
+            return self.o.forward(&out.transpose(1, 2)?.reshape((n, self.n_heads * self.head_dim))?);
+        }
         let mut parts = Vec::with_capacity(lens.len());
         let mut off = 0;
         for (i, cache) in caches.iter_mut().enumerate() {
@@ -91,14 +101,10 @@ impl Attention {
         self.o.forward(&Tensor::cat(&parts, 0)?)
     }
 
-    /// Attention of one sequence: q `(s, nh·hd)`, k and v `(s, nkv·hd)` of its new tokens
-    /// → `(s, nh·hd)`, before the output projection.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, rope: &Rope, layer: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// q `(s, nh·hd)`, k, v `(s, nkv·hd)` → `(1, heads, s, hd)` each, q/k norms applied.
+    fn heads(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (s, _) = q.dims2()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let rep = nh / nkv;
-        // (s, n·hd) -> (1, n, s, hd)
         let heads = |t: &Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((1, s, n, hd))?.transpose(1, 2)?.contiguous()?) };
         let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         if let Some(n) = &self.q_norm {
@@ -107,6 +113,17 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward(&k)?;
         }
+        Ok((q, k, v))
+    }
+
+    /// Attention of one sequence: q `(s, nh·hd)`, k and v `(s, nkv·hd)` of its new tokens
+    /// → `(s, nh·hd)`, before the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, rope: &Rope, layer: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (s, _) = q.dims2()?;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let rep = nh / nkv;
+        let (q, k, v) = self.heads(q, k, v)?;
         let q = rope.apply(&q, pos)?;
         let k = rope.apply(&k, pos)?;
         let (k, v) = match cache {

@@ -96,15 +96,28 @@ impl Rope {
 
     /// Rotate `x: (b, heads, seq, head_dim)` whose rows sit at positions `pos..pos+seq`.
     pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let (_b, _h, seq, head_dim) = x.dims4()?;
-        let cos = self.cos.narrow(0, pos, seq)?;
-        let sin = self.sin.narrow(0, pos, seq)?;
+        let seq = x.dims4()?.2;
+        self.apply_with(x, &self.cos.narrow(0, pos, seq)?, &self.sin.narrow(0, pos, seq)?)
+    }
+
+    /// Rotate `x: (b, heads, seq, head_dim)` whose row `i` sits at position `positions[i]`
+    /// (several sequences concatenated, each starting at 0).
+    pub fn apply_positions(&self, x: &Tensor, positions: &[u32]) -> Result<Tensor> {
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= self.n_ctx()) {
+            anyhow::bail!("position {p} beyond the rope table of {}", self.n_ctx());
+        }
+        let idx = Tensor::from_vec(positions.to_vec(), positions.len(), self.cos.device())?;
+        self.apply_with(x, &self.cos.index_select(&idx, 0)?, &self.sin.index_select(&idx, 0)?)
+    }
+
+    fn apply_with(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let head_dim = x.dims4()?.3;
         if self.rotary_dim == head_dim {
-            return self.rotate(&x.contiguous()?, &cos, &sin);
+            return self.rotate(&x.contiguous()?, cos, sin);
         }
         let rot = x.narrow(D::Minus1, 0, self.rotary_dim)?.contiguous()?;
         let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
-        let rot = self.rotate(&rot, &cos, &sin)?;
+        let rot = self.rotate(&rot, cos, sin)?;
         Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
     }
 

@@ -93,13 +93,117 @@ multiversion! {
     }
 }
 
+/// Cross-entropy of a block of logit rows in place (see [`ce_row_inplace`]); rows whose
+/// target is [`IGNORE`] become zeros. Returns the block's summed loss.
+fn ce_block(lg: &mut [f32], vocab: usize, targets: &[u32], inv: f32, grad: bool) -> f64 {
+    let losses: Vec<f64> = lg
+        .par_chunks_mut(vocab * ROWS_PER_TASK)
+        .zip(targets.par_chunks(ROWS_PER_TASK))
+        .map(|(block, ts)| {
+            let mut sum = 0f64;
+            for (row, &t) in block.chunks_mut(vocab).zip(ts) {
+                if t == IGNORE {
+                    row.fill(0.0);
+                } else {
+                    sum += ce_row_inplace(row, t as usize, inv, grad);
+                }
+            }
+            sum
+        })
+        .collect();
+    losses.iter().sum()
+}
+
+/// The fused output projection + cross-entropy for a frozen quantized head (LoRA on a GGUF
+/// base): logits by the inference kernel, `dh` by the frozen backward pass
+/// ([`super::kernels::frozen::quant_backward`]), block by block.
+struct FrozenHeadCrossEntropy {
+    w: crate::kernels::QWeight,
+    targets: Vec<u32>,
+    want_grad: bool,
+    bf16: bool,
+    grads: Mutex<Option<Vec<f32>>>,
+}
+
+impl candle_core::CustomOp1 for FrozenHeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-frozen-head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, hs: &CpuStorage, hl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = super::kernels::f32_data(hs, hl, "lm head")?;
+        let (n, d) = hl.shape().dims2()?;
+        let (vocab, wd) = (self.w.rows(), self.w.cols());
+        if wd != d || n != self.targets.len() {
+            candle_core::bail!("lm head: hidden {:?}, weight [{vocab}, {wd}], {} targets", hl.dims(), self.targets.len());
+        }
+        if let Some(&t) = self.targets.iter().find(|&&t| t != IGNORE && t as usize >= vocab) {
+            candle_core::bail!("cross-entropy: target {t} outside the vocabulary of {vocab}");
+        }
+        let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
+        let inv = if counted > 0 { 1.0 / counted as f32 } else { 0.0 };
+        // Blocks of about 64 MiB of logits: each block dequantizes the head once more in
+        // the backward product, so blocks are as large as memory comfortably allows.
+        let block = ((16 << 20) / vocab.max(1)).clamp(32, 1024);
+        let mut logits = vec![0f32; block.min(n) * vocab];
+        let mut dh = if self.want_grad { vec![0f32; n * d] } else { Vec::new() };
+        let mut total = 0f64;
+        for r0 in (0..n).step_by(block) {
+            let rows = block.min(n - r0);
+            let lg = &mut logits[..rows * vocab];
+            self.w.matmul_into(&h[r0 * d..(r0 + rows) * d], rows, lg).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+            total += ce_block(lg, vocab, &self.targets[r0..r0 + rows], inv, self.want_grad);
+            if self.want_grad {
+                super::kernels::frozen::quant_backward(&self.w, lg, rows, &mut dh[r0 * d..(r0 + rows) * d], self.bf16);
+            }
+        }
+        if self.want_grad {
+            *self.grads.lock().unwrap() = Some(dh);
+        }
+        let mean = if counted > 0 { total / counted as f64 } else { 0.0 };
+        Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, h: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let Some(mut dh) = self.grads.lock().unwrap().take() else {
+            candle_core::bail!("fused lm head: backward without a gradient (computed once per forward)");
+        };
+        let k = g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        if k != 1.0 {
+            scale_row(&mut dh, k);
+        }
+        Ok(Some(Tensor::from_vec(dh, h.shape(), h.device())?))
+    }
+}
+
+/// Mean cross-entropy of `h (n, d) · Wᵀ` for a frozen quantized `W (vocab, d)` against
+/// `targets`, without materialising the logits; differentiable in `h`.
+pub fn frozen_head_cross_entropy(h: &Tensor, w: &crate::kernels::QWeight, targets: &[u32]) -> Result<Tensor> {
+    frozen_head_cross_entropy_with(h, w, targets, super::kernels::frozen::bf16_backward())
+}
+
+/// [`frozen_head_cross_entropy`] with the backward precision given.
+pub fn frozen_head_cross_entropy_with(h: &Tensor, w: &crate::kernels::QWeight, targets: &[u32], bf16: bool) -> Result<Tensor> {
+    let op = FrozenHeadCrossEntropy {
+        w: w.clone(),
+        targets: targets.to_vec(),
+        want_grad: h.track_op(),
+        bf16: bf16 && bf16::available(),
+        grads: Mutex::new(None),
+    };
+    Ok(h.contiguous()?.apply_op1(op)?)
+}
+
 /// Rows of logits the fused head computes at a time.
 const HEAD_ROWS: usize = 256;
 
 /// The fused output projection + cross-entropy: `h (n, d)`, `w (vocab, d)` → mean loss.
 struct LmHeadCrossEntropy {
     targets: Vec<u32>,
+    /// Gradients wanted at all (then `dh` always).
     want_grad: bool,
+    /// `dW` wanted too (not for a frozen head under LoRA).
+    want_dw: bool,
     /// bf16 products (the caller checked `bf16::available()`).
     bf16: bool,
     /// (dh, dw) of the mean loss, computed in the forward pass.
@@ -125,7 +229,8 @@ impl candle_core::CustomOp2 for LmHeadCrossEntropy {
         let counted = self.targets.iter().filter(|&&t| t != IGNORE).count();
         let inv = if counted > 0 { 1.0 / counted as f32 } else { 0.0 };
         let mut logits = vec![0f32; HEAD_ROWS.min(n) * vocab];
-        let (mut dh, mut dw) = if self.want_grad { (vec![0f32; n * d], vec![0f32; vocab * d]) } else { (Vec::new(), Vec::new()) };
+        let mut dh = if self.want_grad { vec![0f32; n * d] } else { Vec::new() };
+        let mut dw = if self.want_dw { vec![0f32; vocab * d] } else { Vec::new() };
         let mut total = 0f64;
         // bf16: W packed once for the logits (as Wᵀ) and once for dh (as W).
         let w_t = self.bf16.then(|| bf16::pack_b(Mat::rows(w, vocab, d).t()));
@@ -138,33 +243,21 @@ impl candle_core::CustomOp2 for LmHeadCrossEntropy {
                 Some(wt) => bf16::matmul_packed(lg, &bf16::pack_a(Mat::rows(hc, rows, d)), wt, 1.0, false),
                 None => matmul_par(lg, Mat::rows(hc, rows, d), Mat::rows(w, vocab, d).t(), 1.0, false), // (rows, vocab)
             }
-            let targets = &self.targets[r0..r0 + rows];
-            let losses: Vec<f64> = lg
-                .par_chunks_mut(vocab * ROWS_PER_TASK)
-                .zip(targets.par_chunks(ROWS_PER_TASK))
-                .map(|(block, ts)| {
-                    let mut sum = 0f64;
-                    for (row, &t) in block.chunks_mut(vocab).zip(ts) {
-                        if t == IGNORE {
-                            row.fill(0.0);
-                        } else {
-                            sum += ce_row_inplace(row, t as usize, inv, self.want_grad);
-                        }
-                    }
-                    sum
-                })
-                .collect();
-            total += losses.iter().sum::<f64>();
+            total += ce_block(lg, vocab, &self.targets[r0..r0 + rows], inv, self.want_grad);
             if self.want_grad {
                 // dh_c = dlogits_c · W (rows, d); dW += dlogits_cᵀ · h_c (vocab, d).
                 let dhc = &mut dh[r0 * d..(r0 + rows) * d];
                 if let Some(wn) = &w_n {
                     bf16::matmul_packed(dhc, &bf16::pack_a(Mat::rows(lg, rows, vocab)), wn, 1.0, false);
-                    let (a, b) = (bf16::pack_a(Mat::rows(lg, rows, vocab).t()), bf16::pack_b(Mat::rows(hc, rows, d)));
-                    bf16::matmul_packed(&mut dw, &a, &b, 1.0, ci > 0);
+                    if self.want_dw {
+                        let (a, b) = (bf16::pack_a(Mat::rows(lg, rows, vocab).t()), bf16::pack_b(Mat::rows(hc, rows, d)));
+                        bf16::matmul_packed(&mut dw, &a, &b, 1.0, ci > 0);
+                    }
                 } else {
                     matmul_par(dhc, Mat::rows(lg, rows, vocab), Mat::rows(w, vocab, d), 1.0, false);
-                    matmul_par(&mut dw, Mat::rows(lg, rows, vocab).t(), Mat::rows(hc, rows, d), 1.0, ci > 0);
+                    if self.want_dw {
+                        matmul_par(&mut dw, Mat::rows(lg, rows, vocab).t(), Mat::rows(hc, rows, d), 1.0, ci > 0);
+                    }
                 }
             }
         }
@@ -184,7 +277,8 @@ impl candle_core::CustomOp2 for LmHeadCrossEntropy {
             scale_row(&mut dh, k);
             scale_row(&mut dw, k);
         }
-        Ok((Some(Tensor::from_vec(dh, h.shape(), h.device())?), Some(Tensor::from_vec(dw, w.shape(), w.device())?)))
+        let dw = if self.want_dw { Some(Tensor::from_vec(dw, w.shape(), w.device())?) } else { None };
+        Ok((Some(Tensor::from_vec(dh, h.shape(), h.device())?), dw))
     }
 }
 
@@ -200,6 +294,7 @@ pub fn lm_head_cross_entropy_with(h: &Tensor, w: &Tensor, targets: &[u32], bf16:
     let op = LmHeadCrossEntropy {
         targets: targets.to_vec(),
         want_grad: h.track_op() || w.track_op(),
+        want_dw: w.track_op(),
         bf16: bf16 && bf16::available(),
         grads: Mutex::new(None),
     };
@@ -358,6 +453,37 @@ mod tests {
         // Without gradients: the same loss.
         let c = lm_head_cross_entropy(&h.as_tensor().detach(), &w.as_tensor().detach(), &targets).unwrap();
         assert!(max_diff(&a.detach(), &c) < 1e-7);
+    }
+
+    #[test]
+    fn frozen_quantized_head_matches_dequantized_reference() {
+        use crate::kernels::testing::random_blocks;
+        use crate::kernels::QWeight;
+        use crate::load::gguf::GgmlType;
+        let dev = Device::Cpu;
+        let mut rng = crate::sample::Rng::new(11);
+        // Vocabulary large enough for several row blocks ((16 Mi / vocab) rows each).
+        let (n, d, v) = (40, 32, 600_000);
+        let q = QWeight::from_vec(random_blocks(&mut rng, GgmlType::Q8_0, v, d, 0.05), GgmlType::Q8_0, v, d).unwrap();
+        let w = Tensor::from_vec(q.to_f32(), (v, d), &dev).unwrap();
+        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
+        let mut targets: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % v as u32).collect();
+        targets[3] = IGNORE;
+        // Reference: the same (8-bit activation) logits from the inference kernel, the plain
+        // loss, and dh = dlogits · W in f32.
+        let logits = Var::from_tensor(&q.forward(h.as_tensor()).unwrap()).unwrap();
+        let keep: Vec<u32> = (0..n as u32).filter(|&i| targets[i as usize] != IGNORE).collect();
+        let kept: Vec<u32> = keep.iter().map(|&i| targets[i as usize]).collect();
+        let idx = Tensor::new(keep.as_slice(), &dev).unwrap();
+        let b = cross_entropy_reference(&logits.as_tensor().index_select(&idx, 0).unwrap(), &kept).unwrap();
+        let dlogits = (&b * 2.0).unwrap().backward().unwrap().remove(logits.as_tensor()).unwrap();
+        let dh = dlogits.matmul(&w).unwrap();
+        for use_bf16 in [false, true] {
+            let a = frozen_head_cross_entropy_with(h.as_tensor(), &q, &targets, use_bf16).unwrap();
+            assert!(max_diff(&a, &b) < 1e-5, "{a} vs {b}");
+            let ga = (&a * 2.0).unwrap().backward().unwrap();
+            crate::train::kernels::assert_close(ga.get(&h).unwrap(), &dh, if use_bf16 { 2e-2 } else { 1e-5 });
+        }
     }
 
     #[test]

@@ -6,10 +6,10 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::kd_loss::KdParts;
-use super::loss::{cross_entropy, lm_head_cross_entropy_with};
+use super::loss::{cross_entropy, frozen_head_cross_entropy, lm_head_cross_entropy_with};
 use super::optim::{sum_squares, AdamW, StepParams};
 use super::params::Params;
-use crate::model::{Decoder, Logits, SeqInput};
+use crate::model::{Decoder, SeqInput};
 
 /// Loss and gradients (in `Params` order) of one micro-batch of `seq + 1`-token windows.
 pub fn loss_and_grads(decoder: &Decoder, params: &Params, windows: &[Vec<u32>]) -> Result<(f64, Vec<Tensor>)> {
@@ -44,16 +44,35 @@ pub fn sequences_loss(decoder: &Decoder, inputs: &[&[u32]], targets: &[u32]) -> 
 /// [`sequences_loss`], the output projection in bf16 when `bf16` (and the CPU has it).
 pub fn sequences_loss_with(decoder: &Decoder, inputs: &[&[u32]], targets: &[u32], bf16: bool) -> Result<Tensor> {
     let mut seqs: Vec<SeqInput<'_>> = inputs.iter().map(|t| SeqInput { tokens: t, cache: None }).collect();
-    match (decoder.lm_head.dense_weight(), decoder.cfg.final_softcap) {
-        (Some(w), None) if decoder.lm_head.adapters.is_empty() => {
-            let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
-            lm_head_cross_entropy_with(&h, w, targets, bf16)
+    let h = decoder.hidden_states(&mut seqs)?; // (Σ seq, hidden)
+    // Only rows with a target reach the output projection: fine-tuning trains on the
+    // completions alone, and the head is the largest product of a small model.
+    let (h, targets) = counted_rows(&h, targets)?;
+    let head = &decoder.lm_head;
+    if head.adapters.is_empty() && decoder.cfg.final_softcap.is_none() {
+        if let Some(w) = head.dense_weight() {
+            return lm_head_cross_entropy_with(&h, w, &targets, bf16);
         }
-        _ => {
-            let logits = decoder.forward(&mut seqs, Logits::All)?; // (Σ seq, vocab)
-            cross_entropy(&logits, targets)
+        if let Some(q) = head.quant_weight() {
+            return frozen_head_cross_entropy(&h, q, &targets);
         }
     }
+    let logits = decoder.logits_from_hidden(&h)?; // (rows, vocab)
+    cross_entropy(&logits, &targets)
+}
+
+/// The rows of `h` whose target is not [`IGNORE`](super::loss::IGNORE), and those targets
+/// (`h` itself when every row or no row counts).
+fn counted_rows(h: &Tensor, targets: &[u32]) -> Result<(Tensor, Vec<u32>)> {
+    anyhow::ensure!(h.dims()[0] == targets.len(), "{} targets for {} positions", targets.len(), h.dims()[0]);
+    let keep: Vec<u32> = (0..targets.len() as u32).filter(|&i| targets[i as usize] != super::loss::IGNORE).collect();
+    if keep.is_empty() || keep.len() == targets.len() {
+        return Ok((h.clone(), targets.to_vec()));
+    }
+    let kept_targets = keep.iter().map(|&i| targets[i as usize]).collect();
+    let n = keep.len();
+    let idx = Tensor::from_vec(keep, n, h.device())?;
+    Ok((h.index_select(&idx, 0)?, kept_targets))
 }
 
 /// The value of `loss` and the gradients of `params` (in their order; zeros for a

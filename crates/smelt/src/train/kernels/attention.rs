@@ -7,6 +7,10 @@
 //! `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(dO ⊙ O))`, `dQ = scale · dS K`,
 //! `dK = scale · dSᵀ Q`, summing `dK`, `dV` over the query heads that share a kv head.
 //! Work is split per (batch, kv head), so results do not depend on the thread count.
+//!
+//! [`attention_segments`]: several independent sequences concatenated along the row axis
+//! (a packed training micro-batch), each causal within itself — one op for all of them,
+//! so no per-sequence slicing (whose backward pass pads every slice to the whole batch).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -63,19 +67,52 @@ impl Dims {
 
 struct AttentionOp {
     scale: f32,
+    /// Row lengths of independent sequences (`s == t`); empty: one sequence whose queries
+    /// are the last `s` of `t` positions.
+    segments: Vec<usize>,
+}
+
+/// One causal sequence of the op: query rows `qa..qa + len` at positions `pos..pos + len`
+/// against key rows `ka..ka + pos + len`.
+#[derive(Clone, Copy)]
+struct Seg {
+    qa: usize,
+    len: usize,
+    ka: usize,
+    pos: usize,
 }
 
 /// Query rows per block of the forward pass.
 const QB: usize = 64;
 
 impl AttentionOp {
-    /// `P` for query head `qh` (s × d) against `kg` (t × d), into `p` (s × t).
-    fn probs(&self, qh: &[f32], kg: &[f32], p: &mut [f32], dm: &Dims) {
-        let (s, t, d) = (dm.s, dm.t, dm.d);
-        matmul(p, Mat::rows(qh, s, d), Mat::rows(kg, t, d).t(), self.scale, false);
-        let pos = t - s;
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            softmax_row(row, pos + i + 1);
+    fn segs(&self, dm: &Dims) -> Result<Vec<Seg>> {
+        if self.segments.is_empty() {
+            return Ok(vec![Seg { qa: 0, len: dm.s, ka: 0, pos: dm.t - dm.s }]);
+        }
+        if self.segments.iter().sum::<usize>() != dm.s || dm.s != dm.t {
+            candle_core::bail!("attention: segments {:?} for {} queries and {} keys", self.segments, dm.s, dm.t);
+        }
+        let mut at = 0;
+        Ok(self
+            .segments
+            .iter()
+            .map(|&len| {
+                let g = Seg { qa: at, len, ka: at, pos: 0 };
+                at += len;
+                g
+            })
+            .collect())
+    }
+
+    /// `P` for the rows of query head `qh` (s × d) in segment `g` against the head's keys
+    /// `kg` (t × d), into `p` (len × (pos + len)).
+    fn probs(&self, qh: &[f32], kg: &[f32], p: &mut [f32], g: Seg, d: usize) {
+        let tk = g.pos + g.len;
+        let p = &mut p[..g.len * tk];
+        matmul(p, Mat::rows(&qh[g.qa * d..(g.qa + g.len) * d], g.len, d), Mat::rows(&kg[g.ka * d..(g.ka + tk) * d], tk, d).t(), self.scale, false);
+        for (i, row) in p.chunks_mut(tk).enumerate() {
+            softmax_row(row, g.pos + i + 1);
         }
     }
 }
@@ -90,6 +127,7 @@ impl CustomOp3 for AttentionOp {
         let q = f32_data(qs, ql, "attention")?;
         let (k, v) = (HeadRows::of(ks, kl)?, HeadRows::of(vs, vl)?);
         let (s, t, d, rep) = (dm.s, dm.t, dm.d, dm.h / dm.kv);
+        let segs = self.segs(&dm)?;
         let mut o = vec![0f32; q.len()];
         // One task per (batch, kv head): its `rep` query heads are contiguous in q and o.
         o.par_chunks_mut(rep * s * d).enumerate().for_each(|(gi, og)| {
@@ -97,19 +135,22 @@ impl CustomOp3 for AttentionOp {
             let vg = v.head(gi, dm.kv, t * d);
             // Queries in blocks of QB: a block only needs the keys up to its last position,
             // so a prefill computes the causal half of the scores, not all of them.
-            let pos = t - s;
             let mut p = vec![0f32; s.min(QB) * t];
             for r in 0..rep {
                 let qh = &q[(gi * rep + r) * s * d..][..s * d];
                 let oh = &mut og[r * s * d..(r + 1) * s * d];
-                for i0 in (0..s).step_by(QB) {
-                    let (bq, tk) = ((s - i0).min(QB), pos + (i0 + QB).min(s));
-                    let pb = &mut p[..bq * tk];
-                    matmul(pb, Mat::rows(&qh[i0 * d..(i0 + bq) * d], bq, d), Mat::rows(&kg[..tk * d], tk, d).t(), self.scale, false);
-                    for (i, row) in pb.chunks_mut(tk).enumerate() {
-                        softmax_row(row, pos + i0 + i + 1);
+                for g in &segs {
+                    let (kgs, vgs) = (&kg[g.ka * d..], &vg[g.ka * d..]);
+                    for i0 in (0..g.len).step_by(QB) {
+                        let (bq, tk) = ((g.len - i0).min(QB), g.pos + (i0 + QB).min(g.len));
+                        let pb = &mut p[..bq * tk];
+                        let qa = g.qa + i0;
+                        matmul(pb, Mat::rows(&qh[qa * d..(qa + bq) * d], bq, d), Mat::rows(&kgs[..tk * d], tk, d).t(), self.scale, false);
+                        for (i, row) in pb.chunks_mut(tk).enumerate() {
+                            softmax_row(row, g.pos + i0 + i + 1);
+                        }
+                        matmul(&mut oh[qa * d..(qa + bq) * d], Mat::rows(pb, bq, tk), Mat::rows(&vgs[..tk * d], tk, d), 1.0, false);
                     }
-                    matmul(&mut oh[i0 * d..(i0 + bq) * d], Mat::rows(pb, bq, tk), Mat::rows(&vg[..tk * d], tk, d), 1.0, false);
                 }
             }
         });
@@ -122,6 +163,8 @@ impl CustomOp3 for AttentionOp {
         let (s, t, d, rep) = (dm.s, dm.t, dm.d, dm.h / dm.kv);
         let (qv, kv, vv) = (super::tensor_vec(q)?, super::tensor_vec(k)?, super::tensor_vec(v)?);
         let (ov, gv) = (super::tensor_vec(o)?, super::tensor_vec(go)?);
+        let segs = self.segs(&dm)?;
+        let pmax = segs.iter().map(|g| g.len * (g.pos + g.len)).max().unwrap_or(0);
         let mut dq = vec![0f32; qv.len()];
         let mut dk = vec![0f32; kv.len()];
         let mut dvv = vec![0f32; vv.len()];
@@ -131,21 +174,29 @@ impl CustomOp3 for AttentionOp {
             .for_each(|(gi, (dqg, (dkg, dvg)))| {
                 let kg = &kv[gi * t * d..(gi + 1) * t * d];
                 let vg = &vv[gi * t * d..(gi + 1) * t * d];
-                let mut p = vec![0f32; s * t];
-                let mut dp = vec![0f32; s * t];
+                let mut p = vec![0f32; pmax];
+                let mut dp = vec![0f32; pmax];
                 for r in 0..rep {
                     let off = (gi * rep + r) * s * d;
                     let (qh, oh, gh) = (&qv[off..off + s * d], &ov[off..off + s * d], &gv[off..off + s * d]);
-                    self.probs(qh, kg, &mut p, &dm);
                     let first = r == 0;
-                    matmul(dvg, Mat::rows(&p, s, t).t(), Mat::rows(gh, s, d), 1.0, !first);
-                    matmul(&mut dp, Mat::rows(gh, s, d), Mat::rows(vg, t, d).t(), 1.0, false);
-                    for i in 0..s {
-                        let delta: f32 = (0..d).map(|c| gh[i * d + c] * oh[i * d + c]).sum();
-                        dsoftmax_row(&p[i * t..(i + 1) * t], &mut dp[i * t..(i + 1) * t], delta);
+                    for &g in &segs {
+                        let (len, tk) = (g.len, g.pos + g.len);
+                        let (q0, k0) = (g.qa * d, g.ka * d);
+                        self.probs(qh, kg, &mut p, g, d);
+                        let (p, dp) = (&p[..len * tk], &mut dp[..len * tk]);
+                        let (qs, os, gs) = (&qh[q0..q0 + len * d], &oh[q0..q0 + len * d], &gh[q0..q0 + len * d]);
+                        let (ks, vs) = (&kg[k0..k0 + tk * d], &vg[k0..k0 + tk * d]);
+                        matmul(&mut dvg[k0..k0 + tk * d], Mat::rows(p, len, tk).t(), Mat::rows(gs, len, d), 1.0, !first);
+                        matmul(dp, Mat::rows(gs, len, d), Mat::rows(vs, tk, d).t(), 1.0, false);
+                        for i in 0..len {
+                            let delta: f32 = (0..d).map(|c| gs[i * d + c] * os[i * d + c]).sum();
+                            dsoftmax_row(&p[i * tk..(i + 1) * tk], &mut dp[i * tk..(i + 1) * tk], delta);
+                        }
+                        let dqh = &mut dqg[r * s * d + q0..r * s * d + q0 + len * d];
+                        matmul(dqh, Mat::rows(dp, len, tk), Mat::rows(ks, tk, d), self.scale, false);
+                        matmul(&mut dkg[k0..k0 + tk * d], Mat::rows(dp, len, tk).t(), Mat::rows(qs, len, d), self.scale, !first);
                     }
-                    matmul(&mut dqg[r * s * d..(r + 1) * s * d], Mat::rows(&dp, s, t), Mat::rows(kg, t, d), self.scale, false);
-                    matmul(dkg, Mat::rows(&dp, s, t).t(), Mat::rows(qh, s, d), self.scale, !first);
                 }
             });
         let mk = |data: Vec<f32>, like: &Tensor| Tensor::from_vec(data, like.shape(), like.device()).map(Some);
@@ -198,7 +249,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     };
     let (q, k, v) = (q.contiguous()?, in_place(k)?, in_place(v)?);
     dims_check(&q, &k, &v)?;
-    q.apply_op3(&k, &v, AttentionOp { scale: scale as f32 })
+    q.apply_op3(&k, &v, AttentionOp { scale: scale as f32, segments: Vec::new() })
+}
+
+/// Differentiable causal attention over independent sequences concatenated along the row
+/// axis: `q: (b, h, Σ lens, d)`, `k, v: (b, kv, Σ lens, d)`; row block `i` (`lens[i]`
+/// rows, positions from 0) attends only within itself.
+pub fn attention_segments(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, lens: &[usize]) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    dims_check(&q, &k, &v)?;
+    q.apply_op3(&k, &v, AttentionOp { scale: scale as f32, segments: lens.to_vec() })
 }
 
 fn dims_check(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
@@ -247,5 +307,32 @@ mod tests {
                 crate::train::kernels::assert_close(ga.get(x).unwrap(), gb.get(x).unwrap(), 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn segments_match_separate_sequences() {
+        let dev = Device::Cpu;
+        let lens = [5usize, 1, 70, 3]; // one longer than a query block
+        let n: usize = lens.iter().sum();
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 4, n, 8), &dev).unwrap()).unwrap();
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 2, n, 8), &dev).unwrap()).unwrap();
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 2, n, 8), &dev).unwrap()).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (1, 4, n, 8), &dev).unwrap();
+        let a = attention_segments(&q, &k, &v, 0.35, &lens).unwrap();
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for &l in &lens {
+            let sl = |x: &Var| x.as_tensor().narrow(2, at, l).unwrap();
+            parts.push(attention_reference(&sl(&q), &sl(&k), &sl(&v), 0.35).unwrap());
+            at += l;
+        }
+        let b = Tensor::cat(&parts, 2).unwrap();
+        crate::train::kernels::assert_close(&a, &b, 1e-5);
+        let ga = (a * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for x in [&q, &k, &v] {
+            crate::train::kernels::assert_close(ga.get(x).unwrap(), gb.get(x).unwrap(), 1e-5);
+        }
+        assert!(attention_segments(&q, &k, &v, 0.35, &[5, 1]).is_err(), "segments must cover the rows");
     }
 }
