@@ -60,7 +60,7 @@ pub fn bench_train(shape: &ModelShape, batch: usize, warmup: usize, steps: usize
         best_step_ms: 1000.0 * times.iter().cloned().fold(f64::INFINITY, f64::min),
         first_loss: losses[0],
         last_loss: *losses.last().unwrap(),
-        bf16: bf16 && super::kernels::bf16::available(),
+        bf16: bf16 && super::kernels::bf16::preferred(),
     })
 }
 

@@ -289,8 +289,14 @@ pub fn lm_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<
     lm_head_cross_entropy_with(h, w, targets, false)
 }
 
-/// [`lm_head_cross_entropy`], with bf16 products when `bf16` and the CPU has them.
+/// [`lm_head_cross_entropy`], with bf16 products when `bf16` and they pay on this CPU
+/// ([`bf16::preferred`]).
 pub fn lm_head_cross_entropy_with(h: &Tensor, w: &Tensor, targets: &[u32], bf16: bool) -> Result<Tensor> {
+    lm_head_cross_entropy_exact(h, w, targets, bf16 && bf16::preferred())
+}
+
+/// [`lm_head_cross_entropy`] with bf16 products whenever `bf16` and the CPU has them.
+pub(crate) fn lm_head_cross_entropy_exact(h: &Tensor, w: &Tensor, targets: &[u32], bf16: bool) -> Result<Tensor> {
     let op = LmHeadCrossEntropy {
         targets: targets.to_vec(),
         want_grad: h.track_op() || w.track_op(),
@@ -497,8 +503,8 @@ mod tests {
         let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 31) % v as u32).collect();
-        let a = lm_head_cross_entropy_with(&h, &w, &targets, false).unwrap();
-        let b = lm_head_cross_entropy_with(&h, &w, &targets, true).unwrap();
+        let a = lm_head_cross_entropy_exact(&h, &w, &targets, false).unwrap();
+        let b = lm_head_cross_entropy_exact(&h, &w, &targets, true).unwrap();
         let (la, lb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
         assert!(la != lb, "the bf16 path was not taken");
         assert!((la - lb).abs() / la < 2e-3, "loss {la} (f32) vs {lb} (bf16)");

@@ -40,6 +40,60 @@ pub fn available() -> bool {
     false
 }
 
+/// Whether bf16 products pay here: [`available`] and `vdpbf16ps` measured (once, ~1 ms) to
+/// do at least 1.25× the multiply-adds per second of f32 FMA on 512-bit vectors. On AMD
+/// Zen 4 it does about 2×; on Intel Sapphire/Emerald Rapids about half (one `vdpbf16ps`
+/// every two cycles against two FMAs a cycle), where the f32 kernels
+/// ([`super::f32x512`]) are faster. `SMELT_BF16=1` skips the measurement.
+pub fn preferred() -> bool {
+    use std::sync::OnceLock;
+    static F: OnceLock<bool> = OnceLock::new();
+    *F.get_or_init(|| {
+        if !available() {
+            return false;
+        }
+        if std::env::var_os("SMELT_BF16").is_some() {
+            return true;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: available() checked AVX-512 F and BF16.
+            let (bf, f) = unsafe { (peak_rate(true), peak_rate(false)) };
+            bf >= 1.25 * f
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Multiply-adds per second of a register-only loop of 16 independent `vdpbf16ps` (`bf`)
+/// or `vfmadd231ps` chains, best of three short runs.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn peak_rate(bf: bool) -> f64 {
+    use std::arch::x86_64::*;
+    let iters = 20_000;
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let x = std::hint::black_box(_mm512_set1_ps(1.0));
+        let xb: __m512bh = std::mem::transmute(std::hint::black_box(_mm512_set1_epi32(0x3f80_3f80)));
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = if bf { _mm512_dpbf16_ps(*a, xb, xb) } else { _mm512_fmadd_ps(x, x, *a) };
+            }
+        }
+        std::hint::black_box(&acc);
+        let macs = (iters * 16) as f64 * if bf { 32.0 } else { 16.0 };
+        best = best.max(macs / t.elapsed().as_secs_f64().max(1e-9));
+    }
+    best
+}
+
 /// `x` rounded to bf16 (nearest, ties to even; NaN stays NaN), as its 16 bits.
 #[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {

@@ -4,9 +4,10 @@
 //! * Quantized `W` stays in its ggml blocks: the forward pass is smelt's quantized kernel
 //!   (the one inference runs), the backward pass dequantizes `W` a band of rows at a time
 //!   (in parallel) and multiplies each band into `dx` — the f32 matrix never exists whole.
-//!   Where the CPU has AVX-512 BF16 the band products run in bf16 with f32 accumulation
-//!   ([`super::bf16`], twice the f32 FMA rate; `W` is 4–8-bit already, `dy` keeps 8
-//!   significant bits); [`set_bf16_backward`]`(false)` (`smelt finetune --f32`) keeps f32.
+//!   Where bf16 products are faster than f32 ([`bf16::preferred`]: AMD Zen 4, not Intel's
+//!   Xeons) the band products run in bf16 with f32 accumulation ([`super::bf16`]; `W` is
+//!   4–8-bit already, `dy` keeps 8 significant bits); [`set_bf16_backward`]`(false)`
+//!   (`smelt finetune --f32`) keeps f32.
 //! * Dense `W` (a Hugging Face base): plain products, but without candle's `dW = xᵀ · dy`
 //!   that a frozen weight does not need.
 //!
@@ -35,9 +36,10 @@ pub fn set_bf16_backward(on: bool) {
     BF16_BACKWARD.store(on, Ordering::Relaxed);
 }
 
-/// Whether the backward products of frozen quantized weights run in bf16 now.
+/// Whether the backward products of frozen quantized weights run in bf16 now (allowed, and
+/// faster than f32 on this CPU: [`bf16::preferred`]).
 pub fn bf16_backward() -> bool {
-    BF16_BACKWARD.load(Ordering::Relaxed) && bf16::available()
+    BF16_BACKWARD.load(Ordering::Relaxed) && bf16::preferred()
 }
 
 /// `dx (m × cols) = dy (m × rows) · W` for a quantized `W (rows × cols)`, band by band;

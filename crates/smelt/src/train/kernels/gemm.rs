@@ -1,5 +1,6 @@
-//! Strided single-threaded matrix products for kernels that parallelise at a coarser level
-//! (per attention head), over the `gemm` crate candle uses for its own matmuls.
+//! Strided matrix products for the training kernels: smelt's AVX-512 kernel
+//! ([`super::f32x512`]) where the CPU has AVX-512 and the product is not tiny, else the `gemm`
+//! crate candle uses for its own matmuls (whose stable-Rust kernels stop at AVX2).
 
 /// A matrix view: `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
@@ -39,6 +40,10 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool, pa
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert!(dst.len() >= m * n);
+    // Packing B costs about 1/m of the product: worth it from a few rows on.
+    if m >= 4 && m * n * k >= 1 << 15 && super::f32x512::available() {
+        return super::f32x512::matmul(dst, a, b, scale, accumulate, !matches!(par, gemm::Parallelism::None));
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -78,6 +83,23 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool, pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn avx512_dispatch_matches_the_gemm_crate() {
+        let (m, k, n) = (37, 150, 70);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
+        let mut ours = vec![0f32; m * n];
+        let mut oracle = vec![0f32; m * n];
+        matmul_par(&mut ours, Mat::rows(&a, m, k), Mat::rows(&b, n, k).t(), 1.5, false);
+        // SAFETY: both views and dst are inside their slices.
+        unsafe {
+            gemm::gemm(m, n, k, oracle.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), k as isize, 1, 1.0, 1.5, false, false, false, gemm::Parallelism::None);
+        }
+        for (x, y) in ours.iter().zip(&oracle) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
 
     #[test]
     fn transposed_views_and_accumulation() {

@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod bf16;
+pub mod f32x512;
 pub mod frozen;
 pub mod gemm;
 pub mod rmsnorm;
