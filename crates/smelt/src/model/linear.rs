@@ -115,6 +115,8 @@ impl Linear {
         }
         let y = match &self.weight {
             LinearWeight::Dense(w) if train_x && !w.track_op() => frozen_dense(x, w)?,
+            // Training a dense weight: one op whose three products run on smelt's kernels.
+            LinearWeight::Dense(w) if train_x || w.track_op() => crate::train::kernels::linear::dense_linear(x, w)?,
             LinearWeight::Dense(w) => {
                 let dims = x.dims();
                 let lead = &dims[..dims.len() - 1];

@@ -135,6 +135,17 @@ impl CustomOp3 for AttentionOp {
             let vg = v.head(gi, dm.kv, t * d);
             // Queries in blocks of QB: a block only needs the keys up to its last position,
             // so a prefill computes the causal half of the scores, not all of them.
+            if s == 1 && self.segments.is_empty() {
+                // Decode: the group's `rep` single-row queries see the same keys, so they
+                // run as one (rep × d) · (d × t) product instead of `rep` vector products.
+                let mut p = vec![0f32; rep * t];
+                matmul(&mut p, Mat::rows(&q[gi * rep * d..(gi + 1) * rep * d], rep, d), Mat::rows(&kg[..t * d], t, d).t(), self.scale, false);
+                for row in p.chunks_mut(t) {
+                    softmax_row(row, t);
+                }
+                matmul(og, Mat::rows(&p, rep, t), Mat::rows(&vg[..t * d], t, d), 1.0, false);
+                return;
+            }
             let mut p = vec![0f32; s.min(QB) * t];
             for r in 0..rep {
                 let qh = &q[(gi * rep + r) * s * d..][..s * d];
@@ -293,7 +304,7 @@ mod tests {
     #[test]
     fn matches_reference_values_and_grads() {
         let dev = Device::Cpu;
-        for (h, kvh, s, t) in [(4, 2, 7, 7), (3, 3, 5, 9), (2, 1, 1, 6)] {
+        for (h, kvh, s, t) in [(4, 2, 7, 7), (3, 3, 5, 9), (2, 1, 1, 6), (8, 1, 1, 40)] {
             let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, h, s, 8), &dev).unwrap()).unwrap();
             let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, kvh, t, 8), &dev).unwrap()).unwrap();
             let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, kvh, t, 8), &dev).unwrap()).unwrap();

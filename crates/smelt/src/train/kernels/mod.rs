@@ -11,6 +11,7 @@ pub mod bf16;
 pub mod f32x512;
 pub mod frozen;
 pub mod gemm;
+pub mod linear;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
