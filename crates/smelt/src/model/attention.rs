@@ -92,6 +92,21 @@ impl Attention {
         }
         let mut parts = Vec::with_capacity(lens.len());
         let mut off = 0;
+        if !x.track_op() {
+            // Inference (a batched decode step): heads, norms and rope once for all rows,
+            // each row at its own sequence's position; per sequence only the cache append
+            // and the attention itself.
+            let (qh, kh, vh) = self.heads(&q, &k, &v)?;
+            let positions: Vec<u32> = lens.iter().zip(pos).flat_map(|(&l, &p)| p as u32..(p + l) as u32).collect();
+            let (qh, kh) = (rope.apply_positions(&qh, &positions)?, rope.apply_positions(&kh, &positions)?);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let s = lens[i];
+                let (qs, ks, vs) = (qh.narrow(2, off, s)?, kh.narrow(2, off, s)?, vh.narrow(2, off, s)?);
+                parts.push(self.attend_heads(&qs.contiguous()?, &ks, &vs, layer, cache.as_deref_mut())?);
+                off += s;
+            }
+            return self.o.forward(&Tensor::cat(&parts, 0)?);
+        }
         for (i, cache) in caches.iter_mut().enumerate() {
             let s = lens[i];
             let (qs, ks, vs) = (q.narrow(0, off, s)?, k.narrow(0, off, s)?, v.narrow(0, off, s)?);
@@ -120,12 +135,19 @@ impl Attention {
     /// → `(s, nh·hd)`, before the output projection.
     #[allow(clippy::too_many_arguments)]
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, rope: &Rope, layer: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (s, _) = q.dims2()?;
-        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let rep = nh / nkv;
         let (q, k, v) = self.heads(q, k, v)?;
         let q = rope.apply(&q, pos)?;
         let k = rope.apply(&k, pos)?;
+        self.attend_heads(&q, &k, &v, layer, cache)
+    }
+
+    /// Attention of one sequence whose q `(1, nh, s, hd)` and k, v `(1, nkv, s, hd)` are
+    /// normed and rotated: appends k, v to `cache` (when given) → `(s, nh·hd)`.
+    fn attend_heads(&self, q: &Tensor, k: &Tensor, v: &Tensor, layer: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let s = q.dims4()?.2;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let rep = nh / nkv;
+        let (q, k, v) = (q.clone(), k.clone(), v.clone());
         let (k, v) = match cache {
             Some(c) => c.append(layer, &k, &v)?,
             None => (k, v),
