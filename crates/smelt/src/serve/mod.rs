@@ -88,7 +88,10 @@ pub fn serve(model: Model, cfg: ServeConfig) -> Result<()> {
     if !addr.ip().is_loopback() && cfg.api_key.is_none() {
         tracing::warn!("listening on {addr} without --api-key: anyone who can reach this address can use the model");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One worker: the HTTP side is async I/O, the model runs on the engine thread and its
+    // compute pool; a second worker competed with that pool for the cores and delayed the
+    // admission of new requests (the 4-stream throughput swung by a third run to run).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
