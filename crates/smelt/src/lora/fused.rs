@@ -213,7 +213,7 @@ pub fn lora_linear(x: &Tensor, w: Frozen, a: &Tensor, b: &Tensor, scale: f64, dr
 /// [`lora_linear`] with the frozen weight's backward precision given.
 pub fn lora_linear_with(x: &Tensor, w: Frozen, a: &Tensor, b: &Tensor, scale: f64, dropout: f32, bf16: bool) -> Result<Tensor> {
     let seed = DROPOUT_STREAM.fetch_add(0x9e3779b97f4a7c15, Ordering::Relaxed);
-    let op = LoraLinear { w, scale: scale as f32, dropout, seed, bf16: bf16 && crate::train::kernels::bf16::available() };
+    let op = LoraLinear { w, scale: scale as f32, dropout, seed, bf16 };
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 

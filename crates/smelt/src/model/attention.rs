@@ -90,27 +90,17 @@ impl Attention {
             let out = crate::train::kernels::attention::attention_segments(&q, &k, &v, self.scale, lens)?; // (1, nh, n, hd)
             return self.o.forward(&out.transpose(1, 2)?.reshape((n, self.n_heads * self.head_dim))?);
         }
+        // Heads, norms and rope once for all rows, each row at its own sequence's position;
+        // per sequence only the cache append and the attention itself.
+        let (qh, kh, vh) = self.heads(&q, &k, &v)?;
+        let positions: Vec<u32> = lens.iter().zip(pos).flat_map(|(&l, &p)| p as u32..(p + l) as u32).collect();
+        let (qh, kh) = (rope.apply_positions(&qh, &positions)?, rope.apply_positions(&kh, &positions)?);
         let mut parts = Vec::with_capacity(lens.len());
         let mut off = 0;
-        if !x.track_op() {
-            // Inference (a batched decode step): heads, norms and rope once for all rows,
-            // each row at its own sequence's position; per sequence only the cache append
-            // and the attention itself.
-            let (qh, kh, vh) = self.heads(&q, &k, &v)?;
-            let positions: Vec<u32> = lens.iter().zip(pos).flat_map(|(&l, &p)| p as u32..(p + l) as u32).collect();
-            let (qh, kh) = (rope.apply_positions(&qh, &positions)?, rope.apply_positions(&kh, &positions)?);
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let s = lens[i];
-                let (qs, ks, vs) = (qh.narrow(2, off, s)?, kh.narrow(2, off, s)?, vh.narrow(2, off, s)?);
-                parts.push(self.attend_heads(&qs.contiguous()?, &ks, &vs, layer, cache.as_deref_mut())?);
-                off += s;
-            }
-            return self.o.forward(&Tensor::cat(&parts, 0)?);
-        }
         for (i, cache) in caches.iter_mut().enumerate() {
             let s = lens[i];
-            let (qs, ks, vs) = (q.narrow(0, off, s)?, k.narrow(0, off, s)?, v.narrow(0, off, s)?);
-            parts.push(self.attend(&qs, &ks, &vs, pos[i], rope, layer, cache.as_deref_mut())?);
+            let (qs, ks, vs) = (qh.narrow(2, off, s)?, kh.narrow(2, off, s)?, vh.narrow(2, off, s)?);
+            parts.push(self.attend_heads(&qs.contiguous()?, &ks, &vs, layer, cache.as_deref_mut())?);
             off += s;
         }
         self.o.forward(&Tensor::cat(&parts, 0)?)
@@ -147,10 +137,9 @@ impl Attention {
         let s = q.dims4()?.2;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let rep = nh / nkv;
-        let (q, k, v) = (q.clone(), k.clone(), v.clone());
         let (k, v) = match cache {
-            Some(c) => c.append(layer, &k, &v)?,
-            None => (k, v),
+            Some(c) => c.append(layer, k, v)?,
+            None => (k.clone(), v.clone()),
         };
         let t = k.dims()[2];
         if self.softcap.is_none() && self.sliding_window.is_none() {

@@ -242,9 +242,9 @@ impl Decoder {
         if let Some(scale) = self.cfg.embed_scale {
             x = (x * scale)?;
         }
+        let mut caches: Vec<Option<&mut KvCache>> = seqs.iter_mut().map(|s| s.cache.as_deref_mut()).collect();
         for (li, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
-            let mut caches: Vec<Option<&mut KvCache>> = seqs.iter_mut().map(|s| s.cache.as_deref_mut()).collect();
             let mut a = b.attn.forward_seqs(&h, &lens, &pos, &mut caches, &self.ropes[b.rope], li)?;
             if let Some(n) = &b.post_attn_norm {
                 a = n.forward(&a)?;
@@ -256,9 +256,9 @@ impl Decoder {
             }
             x = (x + m)?;
         }
-        for (si, s) in seqs.iter_mut().enumerate() {
-            if let Some(c) = s.cache.as_deref_mut() {
-                c.commit(lens[si]);
+        for (c, &len) in caches.iter_mut().zip(&lens) {
+            if let Some(c) = c {
+                c.commit(len);
             }
         }
         self.norm.forward(&x)

@@ -188,7 +188,7 @@ pub fn frozen_head_cross_entropy_with(h: &Tensor, w: &crate::kernels::QWeight, t
         w: w.clone(),
         targets: targets.to_vec(),
         want_grad: h.track_op(),
-        bf16: bf16 && bf16::available(),
+        bf16,
         grads: Mutex::new(None),
     };
     Ok(h.contiguous()?.apply_op1(op)?)
@@ -235,8 +235,8 @@ impl candle_core::CustomOp2 for LmHeadCrossEntropy {
         // bf16: W packed once for the logits (as Wᵀ) and once for dh (as W).
         let w_t = self.bf16.then(|| bf16::pack_b(Mat::rows(w, vocab, d).t()));
         let w_n = (self.bf16 && self.want_grad).then(|| bf16::pack_b(Mat::rows(w, vocab, d)));
-        // f32 on AVX-512: W packed once for all row blocks as well (per block it was a
-        // third of the head's time).
+        // f32 on AVX-512: W packed once for all row blocks as well (packing it per block
+        // would repeat the same copy of the whole matrix for every block).
         let f32_packed = !self.bf16 && super::kernels::f32x512::available();
         let f_t = f32_packed.then(|| f32x512::pack_b(Mat::rows(w, vocab, d).t()));
         let f_n = (f32_packed && self.want_grad).then(|| f32x512::pack_b(Mat::rows(w, vocab, d)));

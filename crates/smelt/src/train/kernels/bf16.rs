@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::Mat;
+use super::gemm::{Mat, SendMat};
 use crate::train::simd::multiversion;
 
 /// Rows of a micro-tile.
@@ -55,15 +55,23 @@ pub fn preferred() -> bool {
         if std::env::var_os("SMELT_BF16").is_some() {
             return true;
         }
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: available() checked AVX-512 F and BF16.
-            let (bf, f) = unsafe { (peak_rate(true), peak_rate(false)) };
-            bf >= 1.25 * f
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        peak_rates().is_some_and(|(bf, f)| bf >= 1.25 * f)
     })
+}
+
+/// Multiply-adds per second of `vdpbf16ps` and of f32 FMA on 512-bit vectors on this core
+/// (register-only loops, best of three short runs); `None` without AVX-512 BF16.
+pub fn peak_rates() -> Option<(f64, f64)> {
+    if !available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: available() checked AVX-512 F and BF16.
+        Some(unsafe { (peak_rate(true), peak_rate(false)) })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// Multiply-adds per second of a register-only loop of 16 independent `vdpbf16ps` (`bf`)
@@ -166,11 +174,6 @@ pub struct PackedB {
     data: Vec<u32>,
 }
 
-/// Send a raw view to worker threads (the packers only read through it).
-#[derive(Clone, Copy)]
-struct SendMat(Mat);
-unsafe impl Send for SendMat {}
-unsafe impl Sync for SendMat {}
 
 pub fn pack_a(a: Mat) -> PackedA {
     let (m, k) = (a.rows, a.cols);

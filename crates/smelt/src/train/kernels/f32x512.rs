@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::Mat;
+use super::gemm::{Mat, SendMat};
 
 /// Rows of a micro-tile.
 pub const MR: usize = 8;
@@ -41,12 +41,6 @@ pub struct PackedB {
     n: usize,
     data: Vec<f32>,
 }
-
-#[derive(Clone, Copy)]
-struct SendMat(Mat);
-// SAFETY: the kernels only read through the view, whose memory outlives the call.
-unsafe impl Send for SendMat {}
-unsafe impl Sync for SendMat {}
 
 pub fn pack_b(b: Mat) -> PackedB {
     let (k, n) = (b.rows, b.cols);

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bf16;
@@ -31,7 +31,7 @@ const BAND_BF16: usize = 512;
 static BF16_BACKWARD: AtomicBool = AtomicBool::new(true);
 
 /// Whether frozen quantized weights' backward products may run in bf16 (default: yes, where
-/// the CPU has AVX-512 BF16).
+/// [`bf16::preferred`]).
 pub fn set_bf16_backward(on: bool) {
     BF16_BACKWARD.store(on, Ordering::Relaxed);
 }
@@ -43,8 +43,9 @@ pub fn bf16_backward() -> bool {
 }
 
 /// `dx (m × cols) = dy (m × rows) · W` for a quantized `W (rows × cols)`, band by band;
-/// bf16 products when `use_bf16` (the caller checked [`bf16::available`]).
+/// bf16 products when `use_bf16` and the CPU has them.
 pub fn quant_backward(q: &QWeight, dy: &[f32], m: usize, dx: &mut [f32], use_bf16: bool) {
+    let use_bf16 = use_bf16 && bf16::available();
     let (rows, cols) = (q.rows(), q.cols());
     assert!(dy.len() >= m * rows && dx.len() >= m * cols, "frozen backward: buffer sizes");
     let band_rows = if use_bf16 { BAND_BF16 } else { BAND };
@@ -102,37 +103,6 @@ impl CustomOp1 for FrozenQuant {
     }
 }
 
-struct FrozenDense;
-
-impl CustomOp2 for FrozenDense {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (rows, cols) = wl.shape().dims2()?;
-        let Some((&k, lead)) = l.dims().split_last() else { candle_core::bail!("frozen linear: scalar input") };
-        if k != cols {
-            candle_core::bail!("frozen linear: input has {k} features, the weight expects {cols}");
-        }
-        let (x, w) = (f32_data(s, l, "frozen linear")?, f32_data(ws, wl, "frozen linear")?);
-        let m: usize = lead.iter().product();
-        let mut y = vec![0f32; m * rows];
-        matmul_par(&mut y, Mat::rows(x, m, cols), Mat::rows(w, rows, cols).t(), 1.0, false);
-        Ok((CpuStorage::F32(y), out_shape(lead, rows)))
-    }
-
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (rows, cols) = w.dims2()?;
-        let dyv = super::tensor_vec(dy)?;
-        let wv = super::tensor_vec(w)?;
-        let m = dyv.len() / rows;
-        let mut dx = vec![0f32; m * cols];
-        matmul_par(&mut dx, Mat::rows(&dyv, m, rows), Mat::rows(&wv, rows, cols), 1.0, false);
-        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), None))
-    }
-}
-
 /// `x (..., in) · Wᵀ` for a quantized `W` that gets no gradient; `x` does.
 pub fn frozen_quant(x: &Tensor, w: &QWeight) -> Result<Tensor> {
     frozen_quant_with(x, w, bf16_backward())
@@ -140,12 +110,13 @@ pub fn frozen_quant(x: &Tensor, w: &QWeight) -> Result<Tensor> {
 
 /// [`frozen_quant`] with the backward precision given (`bf16` only where available).
 pub fn frozen_quant_with(x: &Tensor, w: &QWeight, bf16: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenQuant { w: w.clone(), bf16: bf16 && bf16::available() })
+    x.contiguous()?.apply_op1(FrozenQuant { w: w.clone(), bf16 })
 }
 
-/// `x (..., in) · Wᵀ` for a dense f32 `W: (out, in)` that gets no gradient; `x` does.
+/// `x (..., in) · Wᵀ` for a dense f32 `W: (out, in)` that gets no gradient; `x` does (the
+/// trainable op with `W` detached: its backward pass skips `dW`).
 pub fn frozen_dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.detach().contiguous()?, FrozenDense)
+    super::linear::dense_linear(x, &w.detach())
 }
 
 #[cfg(test)]

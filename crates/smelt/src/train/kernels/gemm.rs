@@ -24,6 +24,13 @@ impl Mat {
     }
 }
 
+/// A view handed to worker threads; the packers and kernels only read through it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendMat(pub Mat);
+// SAFETY: the memory behind the view outlives the parallel call that reads it.
+unsafe impl Send for SendMat {}
+unsafe impl Sync for SendMat {}
+
 /// `dst (m × n, row-major) = scale · a (m × k) · b (k × n)`, added to `dst` when `accumulate`.
 pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool) {
     matmul_with(dst, a, b, scale, accumulate, gemm::Parallelism::None)
