@@ -266,6 +266,11 @@ impl Decoder {
 
     /// Logits for a batch of sequences (see [`Logits`]).
     pub fn forward(&self, seqs: &mut [SeqInput<'_>], which: Logits) -> Result<Tensor> {
+        // The whole pass on a pool thread (see `in_pool`: no lock hand-off per product).
+        crate::util::in_pool(|| self.forward_in_pool(seqs, which))
+    }
+
+    fn forward_in_pool(&self, seqs: &mut [SeqInput<'_>], which: Logits) -> Result<Tensor> {
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let h = self.hidden_states(seqs)?;
         let h = match which {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
 use crate::kernels::QWeight;
 
@@ -117,6 +117,11 @@ impl Linear {
             LinearWeight::Dense(w) if train_x && !w.track_op() => frozen_dense(x, w)?,
             // Training a dense weight: one op whose three products run on smelt's kernels.
             LinearWeight::Dense(w) if train_x || w.track_op() => crate::train::kernels::linear::dense_linear(x, w)?,
+            // Inference in f32 on the CPU (e.g. a distillation teacher): the same kernels,
+            // about twice candle's matmul where the CPU has AVX-512.
+            LinearWeight::Dense(w) if w.dtype() == DType::F32 && x.dtype() == DType::F32 && w.device().is_cpu() => {
+                crate::train::kernels::linear::dense_linear(x, w)?
+            }
             LinearWeight::Dense(w) => {
                 let dims = x.dims();
                 let lead = &dims[..dims.len() - 1];

@@ -99,7 +99,7 @@ pub fn bench_distill(teacher: &ModelShape, student: &ModelShape, batch: usize, w
             .map(|_| (0..=student.ctx).map(|_| (rng.next_u64() % student.vocab as u64) as u32).collect())
             .collect();
         let t0 = Instant::now();
-        let teacher_time = std::cell::Cell::new(0.0);
+        let teacher_time = std::sync::Mutex::new(0.0);
         let loss_fn = |d: &crate::model::Decoder, _: usize, ws: &[Vec<u32>]| {
             let inputs: Vec<&[u32]> = ws.iter().map(|w| &w[..w.len() - 1]).collect();
             let targets: Vec<u32> = ws.iter().flat_map(|w| w[1..].iter().copied()).collect();
@@ -107,7 +107,7 @@ pub fn bench_distill(teacher: &ModelShape, student: &ModelShape, batch: usize, w
             let th = crate::distill::teacher::hidden(&tdec, &inputs)?;
             let td = tdec.clone();
             let dense: super::kd_loss::DenseLogits = Arc::new(move |r0, rows| crate::distill::teacher::block_logits(&td, &th, r0, rows));
-            teacher_time.set(tt.elapsed().as_secs_f64());
+            *teacher_time.lock().unwrap() = tt.elapsed().as_secs_f64();
             let mut seqs: Vec<SeqInput<'_>> = inputs.iter().map(|t| SeqInput { tokens: t, cache: None }).collect();
             let h = d.hidden_states(&mut seqs)?;
             let w = d.lm_head.dense_weight().expect("dense head");
@@ -120,7 +120,7 @@ pub fn bench_distill(teacher: &ModelShape, student: &ModelShape, batch: usize, w
         losses.push(s.loss);
         if i >= warmup {
             times.push(dt);
-            tts.push(teacher_time.get());
+            tts.push(*teacher_time.lock().unwrap());
         }
     }
     let tokens = batch * student.ctx;

@@ -32,7 +32,7 @@ const ROWS_PER_TASK: usize = 8;
 multiversion! {
     /// One row: returns `(max, Σ exp(x - max))`; writes `exp(x - max)` into `e`.
     fn row_exp(x: &[f32], e: &mut [f32]) -> (f32, f32) {
-        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let m = crate::train::simd::max(x);
         // 16 partial sums (vector lanes), added in a fixed order.
         let mut acc = [0f32; 16];
         let mut xc = x.chunks_exact(16);
@@ -66,7 +66,7 @@ multiversion! {
     /// `(softmax − onehot(t)) · inv`.
     fn ce_row_inplace(x: &mut [f32], t: usize, inv: f32, grad: bool) -> f64 {
         let xt = x[t];
-        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let m = crate::train::simd::max(x);
         let mut acc = [0f32; 16];
         let mut c = x.chunks_exact_mut(16);
         for xs in &mut c {

@@ -55,6 +55,33 @@ pub fn has_avx2() -> bool {
     *F.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
 }
 
+/// Largest element of `x` (−∞ if empty), over 16 lanes so the loop vectorises (a plain
+/// fold is one long dependency chain). Max is associative: same result as the fold.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut c = x.chunks_exact(16);
+    for xs in &mut c {
+        for i in 0..16 {
+            acc[i] = acc[i].max(xs[i]);
+        }
+    }
+    c.remainder().iter().fold(acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b))
+}
+
+/// `Σ x[i]` in 16 partial sums added in a fixed order.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut c = x.chunks_exact(16);
+    for xs in &mut c {
+        for i in 0..16 {
+            acc[i] += xs[i];
+        }
+    }
+    acc.iter().sum::<f32>() + c.remainder().iter().sum::<f32>()
+}
+
 /// `e^x` for `x` in about [-87, 88] within 2 ulp (Cephes' polynomial), branch-free so loops
 /// over it vectorise. Inputs below -87 give ~1e-38 rather than 0.
 #[inline(always)]
@@ -72,7 +99,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits((((fx as i32) + 127) as u32) << 23);
+    // 2^fx from the bits of fx + 127 + 2^23, whose low mantissa bits are the integer
+    // fx + 127 (in 1..=215 here). Not `fx as i32`: Rust's saturating cast has a NaN branch
+    // that keeps the loop scalar (a compare and an insert per element).
+    let scale = f32::from_bits((fx + (127.0 + 8_388_608.0)).to_bits() << 23);
     y * scale
 }
 

@@ -103,7 +103,7 @@ pub struct StepStats {
 
 /// The loss of micro-batch `k` (its windows given) through the decoder being trained, and
 /// the distillation parts when it is a distillation loss.
-pub type LossFn<'a> = dyn Fn(&Decoder, usize, &[Vec<u32>]) -> Result<(Tensor, Option<KdParts>)> + 'a;
+pub type LossFn<'a> = dyn Fn(&Decoder, usize, &[Vec<u32>]) -> Result<(Tensor, Option<KdParts>)> + Sync + 'a;
 
 /// Accumulate gradients over `micro_batches`, clip, update. `lr`, `weight_decay`, `clip`
 /// as configured (clip 0 = off); `bf16` as `train.bf16`.
@@ -153,6 +153,19 @@ pub fn optimizer_step_with(
 /// gradients averaged, clipped to `clip` (0 = off), AdamW applied. Shared by every
 /// trainer (pre-training, LoRA fine-tuning, distillation).
 pub fn accumulate_and_step(
+    params: &Params,
+    opt: &mut AdamW,
+    n: usize,
+    micro: impl FnMut(usize) -> Result<(f64, Vec<Tensor>)> + Send,
+    lr: f64,
+    weight_decay: f64,
+    clip: f64,
+) -> Result<StepStats> {
+    // The whole step on a pool thread: hundreds of small parallel ops per step.
+    crate::util::in_pool(|| step_in_pool(params, opt, n, micro, lr, weight_decay, clip))
+}
+
+fn step_in_pool(
     params: &Params,
     opt: &mut AdamW,
     n: usize,

@@ -17,19 +17,17 @@ use rayon::prelude::*;
 
 use super::f32_data;
 use super::gemm::{matmul, Mat};
-use crate::train::simd::{exp, multiversion};
+use crate::train::simd::{self, exp, multiversion};
 
 multiversion! {
     /// Softmax of `row[..valid]` in place; `row[valid..]` becomes 0.
     fn softmax_row(row: &mut [f32], valid: usize) {
         let (live, dead) = row.split_at_mut(valid);
-        let m = live.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut s = 0f32;
+        let m = simd::max(live);
         for v in live.iter_mut() {
             *v = exp(*v - m);
-            s += *v;
         }
-        let inv = 1.0 / s;
+        let inv = 1.0 / simd::sum(live);
         for v in live.iter_mut() {
             *v *= inv;
         }

@@ -39,10 +39,16 @@ multiversion! {
     /// dx for one row; adds g ⊙ x̂ into `dw`.
     fn back_row(x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], dw: &mut [f32], r: f32) {
         let d = x.len();
-        let mut dot = 0f32;
-        for i in 0..d {
-            dot += g[i] * w[i] * x[i];
+        // Σ g·w·x in 16 lanes (a single running sum would not vectorise)
+        let mut acc = [0f32; 16];
+        let mut i0 = 0;
+        while i0 + 16 <= d {
+            for i in 0..16 {
+                acc[i] += g[i0 + i] * w[i0 + i] * x[i0 + i];
+            }
+            i0 += 16;
         }
+        let dot = acc.iter().sum::<f32>() + (i0..d).map(|i| g[i] * w[i] * x[i]).sum::<f32>();
         let c = dot * r * r / d as f32;
         for i in 0..d {
             dx[i] = r * (g[i] * w[i] - x[i] * c);
