@@ -224,6 +224,20 @@ pub const PANEL: usize = 8;
 /// Bytes of quants per (group, row) slot.
 pub const SLOT_Q: usize = LANES * QK;
 
+/// Lanes per row of an interleaved tail group of `nt` blocks, or `None` when the group is
+/// laid out like the others (full, or more than half full).
+///
+/// A row whose blocks do not fill whole groups ends in a group of `nt < 16` blocks, which
+/// costs a kernel as much as a full one: SmolLM2's 576-wide rows (18 blocks) spend 44% of
+/// their instructions on 2 live lanes of 16. When `nt ≤ 8` the tail group of a panel's rows
+/// is interleaved instead: row `r` of the panel takes lanes `(r % P)·L .. + nt` of slot
+/// `r / P` (`L` = `nt` rounded up to a power of two, at least 2; `P = 16 / L` rows per
+/// vector), so one `vpdpbusd` serves `P` rows, and the kernel broadcasts the weight row's
+/// `L` tail lanes to all `P` places.
+pub fn tail_lanes(nt: usize) -> Option<usize> {
+    (nt <= LANES / 2).then(|| nt.next_power_of_two().max(LANES / PANEL))
+}
+
 /// `m` activation rows quantized for the packed kernels (see the module docs), in panels
 /// of [`PANEL`] rows: for panel `p`, group `g` and row `r` (`i = PANEL·p + r`), slot
 /// `(p·ng + g)·PANEL + r` holds the group's quants (at `slot·SLOT_Q`, lane layout) and its
@@ -245,6 +259,9 @@ pub struct PActs {
 /// `+ g·PANEL·SLOT_Q` quants and `+ g·PANEL·16` scales, the next row at `+ SLOT_Q` / `+ 16`.
 #[derive(Clone, Copy)]
 pub struct PActRow {
+    /// The row's place in its panel (0..PANEL): an interleaved tail group is laid out per
+    /// panel, not per row.
+    pub r: usize,
     pub qs: *const i8,
     pub d: *const f32,
     pub isum: *const i32,
@@ -264,26 +281,54 @@ impl PActs {
         self.d.resize(slots * LANES, 0.0);
         self.isum.resize(slots * LANES, 0);
         self.s.resize(slots * LANES, 0.0);
-        let (q, d, s) = &mut self.plain;
+        let (mut q, mut d, mut s) = std::mem::take(&mut self.plain);
         q.resize(k, 0);
         d.resize(nb, 0.0);
         s.resize(nb, 0.0);
+        // An interleaved tail group's slots hold several rows and unused lanes: clear them
+        // (the buffers are reused across calls).
+        let nt_last = nb - (ng - 1) * LANES;
+        if tail_lanes(nt_last).is_some() {
+            for p in 0..m.div_ceil(PANEL) {
+                let s0 = (p * ng + ng - 1) * PANEL;
+                self.qs[s0 * SLOT_Q..(s0 + PANEL) * SLOT_Q].fill(0);
+                self.d[s0 * LANES..(s0 + PANEL) * LANES].fill(0.0);
+                self.s[s0 * LANES..(s0 + PANEL) * LANES].fill(0.0);
+                self.isum[s0 * LANES..(s0 + PANEL) * LANES].fill(0);
+            }
+        }
         for i in 0..m {
-            quantize_row(&x[i * k..(i + 1) * k], q, d, s);
-            for g in 0..ng {
-                let slot = (i / PANEL * ng + g) * PANEL + i % PANEL;
-                let nt = (nb - g * LANES).min(LANES);
-                let qs = &mut self.qs[slot * SLOT_Q..(slot + 1) * SLOT_Q];
-                for lane in 0..nt {
-                    let b = g * LANES + lane;
-                    let src = &q[b * QK..(b + 1) * QK];
-                    for c in 0..QK / 4 {
-                        qs[c * 4 * nt + 4 * lane..c * 4 * nt + 4 * lane + 4].copy_from_slice(&src[4 * c..4 * c + 4]);
-                    }
-                    self.d[slot * LANES + lane] = d[b];
-                    self.s[slot * LANES + lane] = s[b];
-                    self.isum[slot * LANES + lane] = src.iter().map(|&v| v as i32).sum();
+            quantize_row(&x[i * k..(i + 1) * k], &mut q, &mut d, &mut s);
+            for b in 0..nb {
+                let (q0, cs, si) = self.lane_pos(i, b);
+                let src = &q[b * QK..(b + 1) * QK];
+                for c in 0..QK / 4 {
+                    self.qs[q0 + c * cs..q0 + c * cs + 4].copy_from_slice(&src[4 * c..4 * c + 4]);
                 }
+                self.d[si] = d[b];
+                self.s[si] = s[b];
+                self.isum[si] = src.iter().map(|&v| v as i32).sum();
+            }
+        }
+        self.plain = (q, d, s);
+    }
+
+    /// Where block `b` of row `i` lives: (offset of its first 4 quants, bytes from one chunk
+    /// of 4 to the next, index of its `d` / `Σq` / `d·Σq`).
+    fn lane_pos(&self, i: usize, b: usize) -> (usize, usize, usize) {
+        let nb = self.k / QK;
+        let (g, lane) = (b / LANES, b % LANES);
+        let nt = (nb - g * LANES).min(LANES);
+        match tail_lanes(nt) {
+            None => {
+                let slot = self.slot(i, g);
+                (slot * SLOT_Q + 4 * lane, 4 * nt, slot * LANES + lane)
+            }
+            Some(l) => {
+                let (p, r) = (LANES / l, i % PANEL);
+                let slot = self.slot(i - r + r / p, g);
+                let at = (r % p) * l + lane;
+                (slot * SLOT_Q + 4 * at, 4 * LANES, slot * LANES + at)
             }
         }
     }
@@ -296,6 +341,7 @@ impl PActs {
     pub fn row(&self, i: usize) -> PActRow {
         let slot = self.slot(i, 0);
         PActRow {
+            r: i % PANEL,
             qs: self.qs[slot * SLOT_Q..].as_ptr(),
             d: self.d[slot * LANES..].as_ptr(),
             isum: self.isum[slot * LANES..].as_ptr(),
@@ -322,10 +368,8 @@ pub fn dot_ref(t: GgmlType, w: &[u8], nb: usize, acts: &PActs, i: usize) -> f32 
     };
     let mut y = 0f32;
     for b in 0..nb {
-        let (g, lane) = (b / LANES, b % LANES);
-        let nt = (nb - g * LANES).min(LANES);
-        let slot = acts.slot(i, g);
-        let act = |v: usize| acts.qs[slot * SLOT_Q + (v / 4) * 4 * nt + 4 * lane + v % 4] as i32;
+        let (q0, cs, si) = acts.lane_pos(i, b);
+        let act = |v: usize| acts.qs[q0 + (v / 4) * cs + v % 4] as i32;
         let mut sum = 0i32;
         for v in 0..QK {
             let q = match t {
@@ -335,9 +379,9 @@ pub fn dot_ref(t: GgmlType, w: &[u8], nb: usize, acts: &PActs, i: usize) -> f32 
             };
             sum += q * act(v);
         }
-        let da = acts.d[slot * LANES + lane];
+        let da = acts.d[si];
         let (sc, off) = field(b);
-        y += sc * da * sum as f32 + off * acts.s[slot * LANES + lane];
+        y += sc * da * sum as f32 + off * acts.s[si];
     }
     y
 }

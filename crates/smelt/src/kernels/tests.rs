@@ -213,9 +213,10 @@ fn packed_kernels_match_scalar_reference() {
     use super::packed::{self, Packed};
     let mut rng = Rng::new(7);
     for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
-        // nb (blocks of 32): one block, a partial group, exactly one group, group + 1, 5
+        // nb (blocks of 32): one block, a partial group, exactly one group, group + 1, group
+        // + 2 (SmolLM2's 576), group + 4, group + 12 (a tail too full to interleave), 5
         // groups (2 slices), 11 groups; Q4_K in whole super-blocks.
-        let sizes: &[usize] = if t == GgmlType::Q4_K { &[8, 16, 24, 72, 176] } else { &[1, 7, 16, 17, 70, 176] };
+        let sizes: &[usize] = if t == GgmlType::Q4_K { &[8, 16, 24, 72, 176] } else { &[1, 7, 16, 17, 18, 20, 28, 70, 176] };
         for &nb in sizes {
             let k = nb * 32;
             let n = if nb > 17 { 37 } else { 9 };

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::packed::{PActRow, LANES, PANEL, SLOT_Q};
+use crate::kernels::packed::{tail_lanes, PActRow, LANES, PANEL, SLOT_Q};
 
 use super::PREFETCH_AHEAD as PF;
 
@@ -34,9 +34,19 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
     let qb = if T == Q8_0 { 32 } else { 16 };
     let hd = nb * qb; // offset of the f16 scales
     let low = _mm512_set1_epi8(0x0F);
+    // An interleaved tail group (see `tail_lanes`): `P` rows share a vector, `L` lanes each.
+    let ng = nb.div_ceil(LANES);
+    let tail = tail_lanes(nb - (ng - 1) * LANES).filter(|_| groups.1 == ng);
+    let (tl, tp) = tail.map_or((LANES, 1), |l| (l, LANES / l));
+    // Lane i takes the weight's tail lane i % L.
+    let bcast = _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(tl as i32 - 1));
+    // The tile's rows r0 = a.r .. a.r + R of the panel span vectors a.r / P ..= (a.r + R − 1) / P.
+    let v0 = a.r / tp;
+    let nv = (a.r + R - 1) / tp - v0 + 1;
     for j in 0..rows {
         let wr = w.add(j * stride);
         let mut acc = [_mm512_setzero_ps(); R];
+        let mut tacc = [_mm512_setzero_ps(); R];
         for g in groups.0..groups.1 {
             let nt = (nb - g * LANES).min(LANES);
             let m16: __mmask16 = if nt == LANES { !0 } else { (1u16 << nt) - 1 };
@@ -76,6 +86,38 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
                 };
                 (wd, wm)
             };
+            if tail.is_some() && g == ng - 1 {
+                // Interleaved tail: the weight's lanes broadcast to every row's place, then
+                // one pass per shared vector (slot v of the panel holds rows v·P .. v·P + P).
+                for q in q.iter_mut() {
+                    *q = _mm512_permutexvar_epi32(bcast, *q);
+                }
+                let (wd, wm) = (_mm512_permutexvar_ps(bcast, wd), _mm512_permutexvar_ps(bcast, wm));
+                let at = |v: usize| v * SLOT_Q;
+                let pq = a.qs.wrapping_sub(a.r * SLOT_Q).add(g * PANEL * SLOT_Q);
+                let pf = |p: *const f32| p.wrapping_sub(a.r * LANES).add(g * PANEL * LANES);
+                let (pd, ps) = (pf(a.d), pf(a.s));
+                let pi = a.isum.wrapping_sub(a.r * LANES).add(g * PANEL * LANES);
+                for (vi, t) in tacc.iter_mut().enumerate().take(nv) {
+                    let v = v0 + vi;
+                    let mut sumi = if T == Q4_1 || T == Q4_K {
+                        _mm512_setzero_si512()
+                    } else {
+                        let isum = _mm512_loadu_si512(pi.add(v * LANES) as *const _);
+                        let off = if T == Q8_0 { _mm512_slli_epi32::<7>(isum) } else { _mm512_slli_epi32::<3>(isum) };
+                        _mm512_sub_epi32(_mm512_setzero_si512(), off)
+                    };
+                    for (c, q) in q.iter().enumerate() {
+                        sumi = _mm512_dpbusd_epi32(sumi, *q, _mm512_loadu_si512(pq.add(at(v) + 64 * c) as *const _));
+                    }
+                    let sc = _mm512_mul_ps(wd, _mm512_loadu_ps(pd.add(v * LANES)));
+                    *t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), sc, *t);
+                    if T == Q4_1 || T == Q4_K {
+                        *t = _mm512_fmadd_ps(wm, _mm512_loadu_ps(ps.add(v * LANES)), *t);
+                    }
+                }
+                continue;
+            }
             // This group's slot of row 0; row r is r slots further on.
             let (aq, ad, ai, as_) = (a.qs.add(g * PANEL * SLOT_Q), a.d.add(g * PANEL * LANES), a.isum.add(g * PANEL * LANES), a.s.add(g * PANEL * LANES));
             for r in 0..R {
@@ -106,6 +148,15 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
         for r in 0..R {
             // Slices after the first add on (in slice order, whatever R: batch-invariant).
             let y = y.add(r * ldy + j);
+            if let Some(l) = tail {
+                // Row a.r + r's live lanes of its shared tail vector, moved to lanes 0..nt
+                // and added there (the same adds whichever place the row had).
+                let rr = a.r + r;
+                let nt = nb - (ng - 1) * LANES;
+                let idx = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(((rr % tp) * l) as i32));
+                let t = _mm512_permutexvar_ps(idx, tacc[rr / tp - v0]);
+                acc[r] = _mm512_mask_add_ps(acc[r], ((1u32 << nt) - 1) as u16, acc[r], t);
+            }
             let v = _mm512_reduce_add_ps(acc[r]);
             *y = if groups.0 == 0 { v } else { *y + v };
         }
