@@ -47,6 +47,20 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool, pa
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert!(dst.len() >= m * n);
+    // A narrow product (n below the kernel's 32 columns, e.g. `x · Aᵀ` of a rank-8 LoRA
+    // adapter) would leave most of each tile's lanes idle: compute `Cᵀ = Bᵀ · Aᵀ` instead,
+    // whose n rows fill the kernel's 8-row tiles and whose m columns its lanes.
+    if n < 32 && m >= 64 && m * n * k >= 1 << 15 && super::f32x512::available() {
+        let mut ct = vec![0f32; n * m];
+        super::f32x512::matmul(&mut ct, b.t(), a.t(), scale, false, !matches!(par, gemm::Parallelism::None));
+        for (i, row) in dst[..m * n].chunks_exact_mut(n).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let t = ct[j * m + i];
+                *v = if accumulate { *v + t } else { t };
+            }
+        }
+        return;
+    }
     // Packing B costs about 1/m of the product: worth it from a few rows on.
     if m >= 4 && m * n * k >= 1 << 15 && super::f32x512::available() {
         return super::f32x512::matmul(dst, a, b, scale, accumulate, !matches!(par, gemm::Parallelism::None));
@@ -105,6 +119,27 @@ mod tests {
         }
         for (x, y) in ours.iter().zip(&oracle) {
             assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    /// Narrow products (n < 32, a LoRA rank) run transposed; same values, accumulation kept.
+    #[test]
+    fn narrow_products_match_the_gemm_crate() {
+        let (m, k, n) = (300, 200, 8);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
+        let init: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        for acc in [false, true] {
+            let mut ours = init.clone();
+            let mut oracle = init.clone();
+            matmul_par(&mut ours, Mat::rows(&a, m, k), Mat::rows(&b, n, k).t(), 1.5, acc);
+            // SAFETY: both views and dst are inside their slices.
+            unsafe {
+                gemm::gemm(m, n, k, oracle.as_mut_ptr(), 1, n as isize, acc, a.as_ptr(), 1, k as isize, b.as_ptr(), k as isize, 1, 1.0, 1.5, false, false, false, gemm::Parallelism::None);
+            }
+            for (x, y) in ours.iter().zip(&oracle) {
+                assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "accumulate {acc}: {x} vs {y}");
+            }
         }
     }
 
