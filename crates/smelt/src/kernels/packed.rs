@@ -249,6 +249,7 @@ pub struct PActs {
     pub k: usize,
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
+    /// `−8·Σq` per block: Q4_0's offset as the kernels start from it (Q8_0's is 16 times it).
     pub isum: Vec<i32>,
     pub s: Vec<f32>,
     /// Scratch: one row in the plain layout, its scales and sums.
@@ -307,7 +308,7 @@ impl PActs {
                 }
                 self.d[si] = d[b];
                 self.s[si] = s[b];
-                self.isum[si] = src.iter().map(|&v| v as i32).sum();
+                self.isum[si] = -8 * src.iter().map(|&v| v as i32).sum::<i32>();
             }
         }
         self.plain = (q, d, s);

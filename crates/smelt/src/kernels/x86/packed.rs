@@ -103,9 +103,8 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
                     let mut sumi = if T == Q4_1 || T == Q4_K {
                         _mm512_setzero_si512()
                     } else {
-                        let isum = _mm512_loadu_si512(pi.add(v * LANES) as *const _);
-                        let off = if T == Q8_0 { _mm512_slli_epi32::<7>(isum) } else { _mm512_slli_epi32::<3>(isum) };
-                        _mm512_sub_epi32(_mm512_setzero_si512(), off)
+                        let off = _mm512_loadu_si512(pi.add(v * LANES) as *const _);
+                        if T == Q8_0 { _mm512_slli_epi32::<4>(off) } else { off }
                     };
                     for (c, q) in q.iter().enumerate() {
                         sumi = _mm512_dpbusd_epi32(sumi, *q, _mm512_loadu_si512(pq.add(at(v) + 64 * c) as *const _));
@@ -124,9 +123,9 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
                 let mut sumi = if T == Q4_1 || T == Q4_K {
                     _mm512_setzero_si512()
                 } else {
-                    let isum = _mm512_maskz_loadu_epi32(m16, ai.add(r * LANES));
-                    let off = if T == Q8_0 { _mm512_slli_epi32::<7>(isum) } else { _mm512_slli_epi32::<3>(isum) };
-                    _mm512_sub_epi32(_mm512_setzero_si512(), off)
+                    // −8·Σa (the activation side holds it so), −128·Σa for Q8_0
+                    let off = _mm512_maskz_loadu_epi32(m16, ai.add(r * LANES));
+                    if T == Q8_0 { _mm512_slli_epi32::<4>(off) } else { off }
                 };
                 let aq = aq.add(r * SLOT_Q);
                 if nt == LANES {
