@@ -35,6 +35,47 @@ multiversion! {
     }
 }
 
+/// `p[j] = scale · q · k_j` for the `t` rows `k_j` of `k` (each `q.len()` long).
+fn scores_row(q: &[f32], k: &[f32], scale: f32, p: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if q.len() % 16 == 0 && crate::train::simd::has_avx512() {
+        // SAFETY: the CPU has AVX-512F; every row of k is q.len() long.
+        return unsafe { scores_row_avx512(q, k, scale, p) };
+    }
+    let d = q.len();
+    for (pj, kj) in p.iter_mut().zip(k.chunks_exact(d)) {
+        *pj = scale * q.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>();
+    }
+}
+
+/// [`scores_row`] on zmm registers: one FMA per 16 values, one reduction per key.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_row_avx512(q: &[f32], k: &[f32], scale: f32, p: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    for (pj, kj) in p.iter_mut().zip(k.chunks_exact(d)) {
+        let mut acc = _mm512_setzero_ps();
+        for c in (0..d).step_by(16) {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.as_ptr().add(c)), _mm512_loadu_ps(kj.as_ptr().add(c)), acc);
+        }
+        *pj = scale * _mm512_reduce_add_ps(acc);
+    }
+}
+
+multiversion! {
+    /// `o = Σ_j p[j] · v_j` over the rows `v_j` of `v` (each `o.len()` long).
+    fn weighted_rows(p: &[f32], v: &[f32], o: &mut [f32]) {
+        let d = o.len();
+        o.fill(0.0);
+        for (&pj, vj) in p.iter().zip(v.chunks_exact(d)) {
+            for i in 0..d {
+                o[i] += pj * vj[i];
+            }
+        }
+    }
+}
+
 multiversion! {
     /// dS = P ⊙ (dP − δ) for one row.
     fn dsoftmax_row(p: &[f32], dp: &mut [f32], delta: f32) {
@@ -128,7 +169,7 @@ impl CustomOp3 for AttentionOp {
         let segs = self.segs(&dm)?;
         let mut o = vec![0f32; q.len()];
         // One task per (batch, kv head): its `rep` query heads are contiguous in q and o.
-        o.par_chunks_mut(rep * s * d).enumerate().for_each(|(gi, og)| {
+        let task = |(gi, og): (usize, &mut [f32])| {
             let kg = k.head(gi, dm.kv, t * d);
             let vg = v.head(gi, dm.kv, t * d);
             // Queries in blocks of QB: a block only needs the keys up to its last position,
@@ -137,7 +178,17 @@ impl CustomOp3 for AttentionOp {
                 // Decode: the group's `rep` single-row queries see the same keys, so they
                 // run as one (rep × d) · (d × t) product instead of `rep` vector products.
                 let mut p = vec![0f32; rep * t];
-                matmul(&mut p, Mat::rows(&q[gi * rep * d..(gi + 1) * rep * d], rep, d), Mat::rows(&kg[..t * d], t, d).t(), self.scale, false);
+                let qg = &q[gi * rep * d..(gi + 1) * rep * d];
+                if rep < 4 {
+                    // Too few rows for a GEMM kernel's tiles: plain vector loops.
+                    for (r, pr) in p.chunks_mut(t).enumerate() {
+                        scores_row(&qg[r * d..(r + 1) * d], &kg[..t * d], self.scale, pr);
+                        softmax_row(pr, t);
+                        weighted_rows(pr, &vg[..t * d], &mut og[r * d..(r + 1) * d]);
+                    }
+                    return;
+                }
+                matmul(&mut p, Mat::rows(qg, rep, d), Mat::rows(&kg[..t * d], t, d).t(), self.scale, false);
                 for row in p.chunks_mut(t) {
                     softmax_row(row, t);
                 }
@@ -162,7 +213,14 @@ impl CustomOp3 for AttentionOp {
                     }
                 }
             }
-        });
+        };
+        // A decode step over a short cache is a few microseconds of work per head: not
+        // worth handing to the other threads.
+        if s == 1 && self.segments.is_empty() && dm.h * t * d < 1 << 18 {
+            o.chunks_mut(rep * s * d).enumerate().for_each(task);
+        } else {
+            o.par_chunks_mut(rep * s * d).enumerate().for_each(task);
+        }
         Ok((CpuStorage::F32(o), ql.shape().clone()))
     }
 
