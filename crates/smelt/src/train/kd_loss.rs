@@ -89,14 +89,7 @@ const ROWS_PER_TASK: usize = 4;
 
 multiversion! {
     fn max_of(x: &[f32]) -> f32 {
-        let mut acc = [f32::NEG_INFINITY; 16];
-        let mut c = x.chunks_exact(16);
-        for xs in &mut c {
-            for i in 0..16 {
-                acc[i] = acc[i].max(xs[i]);
-            }
-        }
-        c.remainder().iter().fold(acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b))
+        crate::train::simd::max(x)
     }
 }
 
