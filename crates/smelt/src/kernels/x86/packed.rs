@@ -38,8 +38,17 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
     let ng = nb.div_ceil(LANES);
     let tail = tail_lanes(nb - (ng - 1) * LANES).filter(|_| groups.1 == ng);
     let (tl, tp) = tail.map_or((LANES, 1), |l| (l, LANES / l));
+    let tail_live: __mmask16 = ((1u32 << (nb - (ng - 1) * LANES)) - 1) as u16;
+    let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     // Lane i takes the weight's tail lane i % L.
-    let bcast = _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(tl as i32 - 1));
+    let bcast = _mm512_and_si512(iota, _mm512_set1_epi32(tl as i32 - 1));
+    // The integer start value: the type's offset, −8·Σa (the activations hold it so), or
+    // −128·Σa for the flipped Q8_0 quants; 0 where a float offset term is added instead.
+    let start = |off: __m512i| match T {
+        Q4_1 | Q4_K => _mm512_setzero_si512(),
+        Q8_0 => _mm512_slli_epi32::<4>(off),
+        _ => off,
+    };
     // The tile's rows r0 = a.r .. a.r + R of the panel span vectors a.r / P ..= (a.r + R − 1) / P.
     let v0 = a.r / tp;
     let nv = (a.r + R - 1) / tp - v0 + 1;
@@ -100,12 +109,7 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
                 let pi = a.isum.wrapping_sub(a.r * LANES).add(g * PANEL * LANES);
                 for (vi, t) in tacc.iter_mut().enumerate().take(nv) {
                     let v = v0 + vi;
-                    let mut sumi = if T == Q4_1 || T == Q4_K {
-                        _mm512_setzero_si512()
-                    } else {
-                        let off = _mm512_loadu_si512(pi.add(v * LANES) as *const _);
-                        if T == Q8_0 { _mm512_slli_epi32::<4>(off) } else { off }
-                    };
+                    let mut sumi = start(_mm512_loadu_si512(pi.add(v * LANES) as *const _));
                     for (c, q) in q.iter().enumerate() {
                         sumi = _mm512_dpbusd_epi32(sumi, *q, _mm512_loadu_si512(pq.add(at(v) + 64 * c) as *const _));
                     }
@@ -120,13 +124,7 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
             // This group's slot of row 0; row r is r slots further on.
             let (aq, ad, ai, as_) = (a.qs.add(g * PANEL * SLOT_Q), a.d.add(g * PANEL * LANES), a.isum.add(g * PANEL * LANES), a.s.add(g * PANEL * LANES));
             for r in 0..R {
-                let mut sumi = if T == Q4_1 || T == Q4_K {
-                    _mm512_setzero_si512()
-                } else {
-                    // −8·Σa (the activation side holds it so), −128·Σa for Q8_0
-                    let off = _mm512_maskz_loadu_epi32(m16, ai.add(r * LANES));
-                    if T == Q8_0 { _mm512_slli_epi32::<4>(off) } else { off }
-                };
+                let mut sumi = start(_mm512_maskz_loadu_epi32(m16, ai.add(r * LANES)));
                 let aq = aq.add(r * SLOT_Q);
                 if nt == LANES {
                     for (c, q) in q.iter().enumerate() {
@@ -144,32 +142,28 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, stride: usize, row
                 }
             }
         }
-        for r in 0..R {
-            // Slices after the first add on (in slice order, whatever R: batch-invariant).
-            let y = y.add(r * ldy + j);
-            if let Some(l) = tail {
+        if let Some(l) = tail {
+            for (r, acc) in acc.iter_mut().enumerate() {
                 // Row a.r + r's live lanes of its shared tail vector, moved to lanes 0..nt
                 // and added there (the same adds whichever place the row had).
                 let rr = a.r + r;
-                let nt = nb - (ng - 1) * LANES;
-                let idx = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(((rr % tp) * l) as i32));
-                let t = _mm512_permutexvar_ps(idx, tacc[rr / tp - v0]);
-                acc[r] = _mm512_mask_add_ps(acc[r], ((1u32 << nt) - 1) as u16, acc[r], t);
-            }
-            if R != 8 {
-                let v = _mm512_reduce_add_ps(acc[r]);
-                *y = if groups.0 == 0 { v } else { *y + v };
+                let t = _mm512_permutexvar_ps(_mm512_add_epi32(iota, _mm512_set1_epi32(((rr % tp) * l) as i32)), tacc[rr / tp - v0]);
+                *acc = _mm512_mask_add_ps(*acc, tail_live, *acc, t);
             }
         }
-        if R == 8 {
-            // The 8 rows' sums at once (a transposing tree: ~40 instructions instead of
-            // 8 × 8), in exactly `_mm512_reduce_add_ps`'s order, so a row's result does not
-            // depend on the tile it ran in.
+        // 8-row tiles sum their rows in one transposing tree (~40 instructions instead of
+        // 8 × 8), in `_mm512_reduce_add_ps`'s order, so a row's result does not depend on
+        // the tile it ran in.
+        let sums: [f32; R] = if R == 8 {
             let v = reduce8(&acc[..8].try_into().unwrap());
-            for r in 0..8 {
-                let y = y.add(r * ldy + j);
-                *y = if groups.0 == 0 { v[r] } else { *y + v[r] };
-            }
+            std::array::from_fn(|r| v[r])
+        } else {
+            std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]))
+        };
+        for (r, v) in sums.into_iter().enumerate() {
+            // Slices after the first add on (in slice order, whatever R: batch-invariant).
+            let y = y.add(r * ldy + j);
+            *y = if groups.0 == 0 { v } else { *y + v };
         }
     }
 }
