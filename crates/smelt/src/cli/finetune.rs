@@ -89,8 +89,9 @@ pub struct FinetuneArgs {
     pub keep_checkpoints: usize,
     #[arg(long, default_value_t = 1)]
     pub log_every: u64,
-    /// All products in f32 (default: the frozen base weights' backward products in bf16 with
-    /// f32 accumulation, on CPUs where bf16 measures faster than f32, such as AMD Zen 4).
+    /// All products in f32 (default: the frozen base weights' backward products in int8 on
+    /// AVX-512 VNNI CPUs, else in bf16 with f32 accumulation where bf16 measures faster than
+    /// f32, such as AMD Zen 4).
     #[arg(long)]
     pub f32: bool,
     #[command(flatten)]
@@ -98,7 +99,7 @@ pub struct FinetuneArgs {
 }
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
-    crate::train::kernels::frozen::set_bf16_backward(!a.f32);
+    crate::train::kernels::frozen::set_low_precision_backward(!a.f32);
     let base = Hub::from_env()?.resolve(&a.base)?.path().to_path_buf();
     let cfg = FinetuneConfig {
         base,

@@ -61,8 +61,8 @@ impl PanelRef {
 
 /// Bytes of weight rows a prefill task keeps hot while activation groups stream past.
 const TASK_WEIGHT_BYTES: usize = 16 << 10;
-/// Block groups per k-slice of the packed kernels (2048 values).
-const SLICE_GROUPS: usize = 4;
+/// Bytes of packed weight groups a prefill task keeps in L2 while its activation panels pass.
+const TASK_GROUP_BYTES: usize = 256 << 10;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
@@ -202,55 +202,60 @@ thread_local! {
 
 /// `y = x · Wᵀ` over a packed weight with the AVX-512 VNNI kernels (the caller checked
 /// that the CPU has them).
+///
+/// Tasks are (a run of 16-row weight groups) × (a run of 12-row activation panels); inside
+/// a task each panel (12 rows × k quants, in L1) meets every group of the run, whose bytes
+/// stay in L2 between panels. Decode (one panel) splits the groups evenly over the threads.
 #[cfg(target_arch = "x86_64")]
-fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
+pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
+    use super::packed::{PANEL, RG};
     use super::x86::packed as xp;
     let (n, nb) = (p.rows, p.nb);
     let k = nb * super::blocks::QK;
     let mut acts = PSCRATCH.with(|s| s.take());
     // SAFETY: the CPU has AVX-512 VNNI (checked by the caller).
     acts.quantize(x, m, k, |x, q, d, s| unsafe { super::x86::vnni::quantize_row_b32(x, q, d, s) });
-    debug_assert_eq!(GROUP, super::packed::PANEL);
-    let groups = m.div_ceil(GROUP);
-    // k is cut into slices of SLICE_GROUPS block groups, so that a panel's slice (8 rows ×
-    // 2048 quants) stays in L1 while a task's weight rows pass over it; every product
-    // (decode too) sums its slices in the same order, so results do not depend on m.
-    let ng = nb.div_ceil(super::packed::LANES);
-    let slice_bytes = (SLICE_GROUPS * super::packed::LANES * (p.stride / nb)).clamp(1, p.stride);
-    let plan = Plan::new(m, n, k, slice_bytes);
+    let (ng, np) = (p.groups(), m.div_ceil(PANEL));
+    let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
+    let gw = if np == 1 { ng.div_ceil(4 * threads) } else { (TASK_GROUP_BYTES / p.gstride).max(1).min(ng.div_ceil(threads)) }.max(1);
+    let n_w = ng.div_ceil(gw);
+    let n_a = (4 * threads).div_ceil(n_w).clamp(1, np);
+    let pa = np.div_ceil(n_a);
+    let n_a = np.div_ceil(pa);
     let out = OutPtr(y.as_mut_ptr());
     let shared = &acts;
     let base = p.bytes().as_ptr() as usize;
-    let stride = p.stride;
-    plan.run(|t| {
-        let (tw, ta) = (t % plan.n_w, t / plan.n_w);
-        let (j0, j1) = (tw * plan.wr, ((tw + 1) * plan.wr).min(n));
-        let w = (base + j0 * stride) as *const u8;
-        for s0 in (0..ng).step_by(SLICE_GROUPS) {
-            let slice = (s0, (s0 + SLICE_GROUPS).min(ng));
-            for g in ta * plan.ga..((ta + 1) * plan.ga).min(groups) {
-                let a0 = GROUP * g;
-                let nr = (m - a0).min(GROUP);
+    let gstride = p.gstride;
+    let task = |t: usize| {
+        let (tw, ta) = (t % n_w, t / n_w);
+        for pi in ta * pa..((ta + 1) * pa).min(np) {
+            let a0 = PANEL * pi;
+            let nr = (m - a0).min(PANEL);
+            for g in tw * gw..((tw + 1) * gw).min(ng) {
+                let w = (base + g * gstride) as *const u8;
+                let live = (n - g * RG).min(RG);
                 let mut r0 = 0;
                 while r0 < nr {
-                    let h = [8, 4, 2, 1].into_iter().find(|&h| h <= nr - r0).unwrap();
+                    let h = [12, 8, 4, 2, 1].into_iter().find(|&h| h <= nr - r0).unwrap();
                     let a = shared.row(a0 + r0);
-                    // SAFETY: rows j0..j1 of the packed weight, activation rows a0+r0.. (< m) of
-                    // one panel, and output elements (a0 + r0 + r, j0 + j) written by this task only.
+                    // SAFETY: group g of the packed weight, activation rows a0 + r0 .. + h (< m)
+                    // of one panel, and output elements (a0 + r0 + r, 16g + i), i < live,
+                    // written by this task only.
                     unsafe {
-                        let yp = out.at((a0 + r0) * n + j0);
+                        let yp = out.at((a0 + r0) * n + g * RG);
                         macro_rules! go {
                             ($h:literal) => {{
                                 match p.dtype {
-                                    GgmlType::Q4_0 => xp::tile::<{ xp::Q4_0 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
-                                    GgmlType::Q4_1 => xp::tile::<{ xp::Q4_1 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
-                                    GgmlType::Q8_0 => xp::tile::<{ xp::Q8_0 }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
-                                    GgmlType::Q4_K => xp::tile::<{ xp::Q4_K }, $h>(w, stride, j1 - j0, nb, a, yp, n, slice),
+                                    GgmlType::Q4_0 => xp::tile::<{ xp::Q4_0 }, $h>(w, nb, a, yp, n, live),
+                                    GgmlType::Q4_1 => xp::tile::<{ xp::Q4_1 }, $h>(w, nb, a, yp, n, live),
+                                    GgmlType::Q8_0 => xp::tile::<{ xp::Q8_0 }, $h>(w, nb, a, yp, n, live),
+                                    GgmlType::Q4_K => xp::tile::<{ xp::Q4_K }, $h>(w, nb, a, yp, n, live),
                                     t => unreachable!("no packed kernel for {t}"),
                                 }
                             }};
                         }
                         match h {
+                            12 => go!(12),
                             8 => go!(8),
                             4 => go!(4),
                             2 => go!(2),
@@ -261,7 +266,13 @@ fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
                 }
             }
         }
-    });
+    };
+    let tasks = n_w * n_a;
+    if threads == 1 || tasks == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
     PSCRATCH.with(|s| s.set(acts));
 }
 

@@ -3,8 +3,9 @@
 //!
 //! - [`QWeight`]: a zero-copy view of a quantized `(rows, cols)` matrix in the file; on
 //!   AVX-512 VNNI CPUs, Q4_0/Q4_1/Q8_0/Q4_K weights are repacked at load ([`packed`]:
-//!   one block per SIMD lane, about a fifth of the instructions per weight byte) and the
-//!   file's pages released, so the model is still resident once.
+//!   16 weight rows per SIMD vector, one lane each, activations broadcast, no horizontal
+//!   sums) and the file's pages released, so the model is still resident once.
+//!   [`QWeight::transposed_int8`] adds a Q8_0 `Wᵀ` for training's backward products.
 //! - [`QWeight::matmul_into`] / [`QWeight::forward`]: quantize each activation row once to
 //!   8 bits ([`quant`]), then integer dot products per block ([`dot_scalar`], the x86
 //!   SIMD kernels in `x86/`), tiled and spread over rayon's pool ([`matmul`]).
@@ -104,6 +105,9 @@ pub struct QWeight {
     cols: usize,
     /// The same matrix repacked for the AVX-512 kernels ([`QWeight::packed`]).
     packed: Option<std::sync::Arc<packed::Packed>>,
+    /// `Wᵀ` in packed Q8_0, built on first use by [`QWeight::transposed_int8`] (training's
+    /// backward products) and shared by every clone.
+    transposed: std::sync::Arc<OnceLock<Option<packed::Packed>>>,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -134,7 +138,7 @@ impl QWeight {
         if offset.checked_add(size).is_none_or(|end| end > bytes.len()) {
             bail!("{dtype} tensor [{rows}, {cols}] at offset {offset} runs past the end of the data ({} bytes)", bytes.len());
         }
-        Ok(QWeight { bytes, offset, dtype, rows, cols, packed: None })
+        Ok(QWeight { bytes, offset, dtype, rows, cols, packed: None, transposed: Default::default() })
     }
 
     /// A weight over its own bytes (tests, weights quantized in memory).
@@ -169,6 +173,72 @@ impl QWeight {
 
     pub fn packed_view(&self) -> Option<&packed::Packed> {
         self.packed.as_deref()
+    }
+
+    /// `Wᵀ (cols × rows)` requantized to Q8_0 and packed, so that a frozen weight's
+    /// backward product `dx = dy · W` runs on the int8 kernels as `dy · (Wᵀ)ᵀ` (4× the
+    /// multiply rate of f32 on AVX-512 VNNI). Built once, on first use, in parallel; `None`
+    /// where the packed kernels do not run, `rows` is not a multiple of 32, or the copies
+    /// built so far would pass [`transposed_budget`] bytes (then the caller keeps its f32
+    /// path). Q8_0 of the dequantized weight: each value within 1/254 of its block's largest.
+    pub fn transposed_int8(&self) -> Option<&packed::Packed> {
+        self.transposed.get_or_init(|| self.build_transposed()).as_ref()
+    }
+
+    /// `dx (m × cols) = dy (m × rows) · W` on the int8 kernels through
+    /// [`Self::transposed_int8`] (`dy` quantized to 8 bits per block of 32, as activations
+    /// are); `false`, with nothing written, where there is no transposed copy.
+    pub fn backward_int8(&self, dy: &[f32], m: usize, dx: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = self.transposed_int8() {
+            matmul::packed_matmul(t, &dy[..m * self.rows], m, &mut dx[..m * self.cols]);
+            return true;
+        }
+        let _ = (dy, m, dx);
+        false
+    }
+
+    fn build_transposed(&self) -> Option<packed::Packed> {
+        use rayon::prelude::*;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static BUILT: AtomicUsize = AtomicUsize::new(0);
+        let (rows, cols) = (self.rows, self.cols);
+        if !rows.is_multiple_of(32) || !Isa::Avx512Vnni.is_available() || !packed::supports(GgmlType::Q8_0) {
+            return None;
+        }
+        let bytes = cols * (rows / 32) * GgmlType::Q8_0.type_size();
+        if BUILT.fetch_add(bytes, Ordering::Relaxed) + bytes > transposed_budget() {
+            BUILT.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        // Bands of 32 weight rows: each is one Q8_0 block of every transposed row.
+        let ts = GgmlType::Q8_0.type_size();
+        let bands: Vec<Vec<u8>> = (0..rows / 32)
+            .into_par_iter()
+            .map(|band| {
+                let mut w = vec![0f32; 32 * cols];
+                for (i, out) in w.chunks_exact_mut(cols).enumerate() {
+                    self.dequantize_row(32 * band + i, out);
+                }
+                let mut blocks = vec![0u8; cols * ts];
+                let mut col = [0f32; 32];
+                for (j, blk) in blocks.chunks_exact_mut(ts).enumerate() {
+                    for (i, v) in col.iter_mut().enumerate() {
+                        *v = w[i * cols + j];
+                    }
+                    quantize::quantize_row(GgmlType::Q8_0, &col, blk);
+                }
+                blocks
+            })
+            .collect();
+        let rb = (rows / 32) * ts;
+        let mut t = vec![0u8; cols * rb];
+        for (band, blocks) in bands.iter().enumerate() {
+            for (j, blk) in blocks.chunks_exact(ts).enumerate() {
+                t[j * rb + band * ts..j * rb + (band + 1) * ts].copy_from_slice(blk);
+            }
+        }
+        Some(packed::Packed::new(GgmlType::Q8_0, &t, cols, rows / 32))
     }
     pub fn rows(&self) -> usize {
         self.rows
@@ -241,6 +311,13 @@ impl QWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
     }
+}
+
+/// Bytes of transposed int8 weight copies ([`QWeight::transposed_int8`]) a process may
+/// build: 2 GiB (a 1–2B-parameter base), or `SMELT_INT8_BACKWARD_MB`.
+pub fn transposed_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| std::env::var("SMELT_INT8_BACKWARD_MB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(2 << 30, |mb| mb << 20))
 }
 
 impl CustomOp1 for QWeight {

@@ -1,42 +1,53 @@
-//! Weights repacked at load for the AVX-512 kernels (`x86/packed.rs`): blocks in groups of
-//! 16, laid out "one block per 32-bit lane", so that one 512-bit `vpdpbusd` multiplies 4
-//! values of 16 blocks at once and every block's integer sum stays in its own lane. The
-//! inner loop then has no horizontal reductions and no shuffles, and one scale multiply
-//! serves 16 blocks — about a fifth of the instructions of the ggml layout per weight
-//! byte, which is what lets decode run at memory speed.
+//! Weights repacked at load for the AVX-512 kernels (`x86/packed.rs`): rows in groups of 16,
+//! "one weight row per 32-bit lane". One 512-bit `vpdpbusd` multiplies 4 values of 16 rows
+//! by the same 4 activation values (broadcast from memory), so a 16-row group's outputs
+//! accumulate in one vector per activation row: no horizontal sums, no shuffles, and every
+//! unpacked weight vector serves all the activation rows of a tile (12 in prefill).
 //!
-//! Types: Q4_0, Q4_1, Q8_0 and Q4_K. A packed row holds the bytes of the file's row,
-//! reordered (plus padding to 64 bytes; Q4_K's 6-bit scales and mins are spread to a byte
-//! each: 3% more); the file's pages are released once a tensor is packed, so the model is
-//! resident once ([`QWeight::packed`](super::QWeight)). Q4_K's sub-blocks of 32 are lanes
-//! like the other types' blocks, with scale `d·sc` and offset `−dmin·m` (see
-//! [`pack_row_q4k`]), so one kernel shape serves all four.
+//! Types: Q4_0, Q4_1, Q8_0 and Q4_K (its sub-blocks of 32 are blocks here, with scale
+//! `d·sc` and offset `−dmin·m`, see [`pack_q4k_row`]), so one kernel shape serves all four.
+//! A group holds the bytes of its 16 file rows, reordered (Q4_K's 6-bit scales and mins
+//! spread to a byte each: 3% more); rows past the matrix's end are zero (scale 0). The
+//! file's pages are released once a tensor is packed, so the model is resident once
+//! ([`QWeight::packed`](super::QWeight)).
 //!
-//! Row layout, blocks in groups `g` of `nt = min(16, nb − 16g)` lanes:
-//! - quants: group `g` at byte `g·64·C` (C chunks: 4 for Q4, 8 for Q8), chunk `c` at
-//!   `+ c·4·nt`, lane `b` at `+ 4b`:
-//!   - Q4_0/Q4_1: the packed bytes `qs_b[4c..4c+4]` — low nibbles are values `4c..4c+4`
-//!     of block `16g + b`, high nibbles values `16+4c..16+4c+4`;
-//!   - Q8_0: `qs_b[4c..4c+4] ^ 0x80` (the quant + 128, unsigned, as `vpdpbusd` wants);
-//! - then `d` of every block (f16), then for Q4_1 `m` of every block (f16).
+//! Group layout (`nb` blocks of 32 values per row; `QB` quant bytes per row and block: 16
+//! for the 4-bit types, 32 for Q8_0):
+//! - quants: block `b` at `b·16·QB`, chunk `c` (4 bytes of each row) at `+ 64c`, row `i`
+//!   at `+ 4i`:
+//!   - Q4_0 / Q4_1 / Q4_K: byte `e` of chunk `c` (c < 4) holds value `4c + e` of the block
+//!     in its low nibble and value `16 + 4c + e` in its high nibble (ggml's Q4_0 order);
+//!   - Q8_0: chunk `c` (c < 8) is values `4c..4c + 4`, each `q ^ 0x80` (`q + 128`, unsigned,
+//!     as `vpdpbusd` wants);
+//! - then the fields, from `F = nb·16·QB`, 16 rows each:
+//!   - Q4_0, Q8_0: `d` (f16) of block `b` at `F + 32b`;
+//!   - Q4_1: `d` as Q4_0, `m` (f16) at `F + 32·nb + 32b`;
+//!   - Q4_K: `sc` (u8) at `F + 16b`, `m` (u8) at `F + 16·nb + 16b`, then per super-block `s`
+//!     `d` (f16) at `F + 32·nb + 32s` and `dmin` (f16) at `F + 32·nb + 32·nb/8 + 32s`.
 //!
 //! Activations ([`PActs`]) are quantized exactly as [`ActFormat::B32`] (so integer sums
-//! equal the reference kernels') and laid out to match: per group, chunk `k` (values
-//! `4k..4k+4` of each block) at `k·4·nt`, lane `b` at `+ 4b`. The Q4 kernels
-//! pair weight chunk `c`'s low nibbles with activation chunk `c` and its high nibbles with
-//! chunk `c + 4`.
+//! equal the reference kernels'), row after row, with each block's integer start value
+//! (`−8·Σq` for Q4_0, `−128·Σq` for the flipped Q8_0 quants) beside its scale and sum.
 //!
 //! [`ActFormat::B32`]: super::quant::ActFormat
 
 use super::blocks::QK;
 use crate::load::gguf::GgmlType;
 
-/// Blocks per group (lanes of a 512-bit vector of i32).
-pub const LANES: usize = 16;
+/// Weight rows per group (lanes of a 512-bit vector of i32).
+pub const RG: usize = 16;
 
 /// Whether `t` has a packed layout.
 pub fn supports(t: GgmlType) -> bool {
     matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K)
+}
+
+/// Quant bytes per row and block of 32.
+pub fn quant_bytes(t: GgmlType) -> usize {
+    match t {
+        GgmlType::Q8_0 => 32,
+        _ => 16,
+    }
 }
 
 /// Bytes of a ggml row of `nb` blocks of 32 values.
@@ -44,37 +55,29 @@ fn ggml_row_bytes(t: GgmlType, nb: usize) -> usize {
     nb * 32 / t.block_size() * t.type_size()
 }
 
-/// Bytes of a packed row before padding: quants, then the per-lane fields.
-fn packed_row_bytes(t: GgmlType, nb: usize) -> usize {
+/// Bytes of one group's fields (after its quants).
+fn field_bytes(t: GgmlType, nb: usize) -> usize {
     match t {
-        // quants, sc and m bytes per sub-block, (d, dmin) per super-block
-        GgmlType::Q4_K => nb * 16 + 2 * nb + nb / 8 * 4,
-        _ => ggml_row_bytes(t, nb),
-    }
-}
-
-/// Quant bytes per lane and chunk count: (bytes of quants per block, chunks per group).
-fn quant_bytes(t: GgmlType) -> usize {
-    match t {
-        GgmlType::Q8_0 => 32,
-        _ => 16,
+        GgmlType::Q4_1 => 64 * nb,
+        GgmlType::Q4_K => 32 * nb + 64 * (nb / 8),
+        _ => 32 * nb,
     }
 }
 
 /// 64-byte aligned storage.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(crate) struct Line(pub(crate) [u8; 64]);
 
 /// A packed `(rows, cols)` matrix.
 pub struct Packed {
     lines: Vec<Line>,
     pub dtype: GgmlType,
     pub rows: usize,
-    /// Blocks per row.
+    /// Blocks of 32 per row.
     pub nb: usize,
-    /// Bytes from one row to the next (a multiple of 64).
-    pub stride: usize,
+    /// Bytes from one group of 16 rows to the next (a multiple of 64).
+    pub gstride: usize,
 }
 
 impl std::fmt::Debug for Packed {
@@ -83,306 +86,319 @@ impl std::fmt::Debug for Packed {
     }
 }
 
-impl Packed {
-    /// Pack `rows` rows of `nb` blocks of `t` from ggml bytes (`data`, rows back to back).
-    pub fn new(t: GgmlType, data: &[u8], rows: usize, nb: usize) -> Packed {
-        assert!(supports(t));
-        let rb = ggml_row_bytes(t, nb);
-        assert_eq!(data.len(), rows * rb);
-        let stride = packed_row_bytes(t, nb).div_ceil(64) * 64;
-        let mut lines = vec![Line([0; 64]); rows * stride / 64];
-        // SAFETY: `Line` is 64 plain bytes; the vector holds rows · stride of them.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, rows * stride) };
-        for (src, dst) in data.chunks_exact(rb).zip(bytes.chunks_exact_mut(stride)) {
-            pack_row(t, src, nb, dst);
-        }
-        Packed { lines, dtype: t, rows, nb, stride }
-    }
+/// One row's blocks in the packed order: per block its quant bytes (`QB`) and fields.
+struct RowParts {
+    quants: Vec<u8>,
+    /// f16 bytes: Q4_0 / Q8_0 `d`, Q4_1 `d` then `m` (2 per block); Q4_K per super-block `d`, `dmin`.
+    halves: Vec<[u8; 2]>,
+    /// Q4_K: per block its 6-bit scale and min.
+    scmin: Vec<(u8, u8)>,
+}
 
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: as in `new`.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.rows * self.stride) }
-    }
-
-    pub fn row(&self, r: usize) -> &[u8] {
-        &self.bytes()[r * self.stride..(r + 1) * self.stride]
-    }
-
-    /// Row `r` back in ggml's layout (tests: packing must lose nothing).
-    pub fn unpack_row(&self, r: usize) -> Vec<u8> {
-        let t = self.dtype;
-        let (nb, qb) = (self.nb, quant_bytes(t));
-        let p = self.row(r);
-        if t == GgmlType::Q4_K {
-            return unpack_row_q4k(p, nb);
-        }
-        let mut out = vec![0u8; nb * t.type_size()];
-        let hd = nb * qb;
-        for b in 0..nb {
-            let blk = &mut out[b * t.type_size()..(b + 1) * t.type_size()];
-            blk[0..2].copy_from_slice(&p[hd + 2 * b..hd + 2 * b + 2]);
-            let q0 = if t == GgmlType::Q4_1 {
-                blk[2..4].copy_from_slice(&p[hd + 2 * nb + 2 * b..hd + 2 * nb + 2 * b + 2]);
-                4
-            } else {
-                2
-            };
-            for i in 0..qb {
-                let v = p[quant_at(t, nb, b, i)];
-                blk[q0 + i] = if t == GgmlType::Q8_0 { v ^ 0x80 } else { v };
+/// A file row taken apart into [`RowParts`].
+fn row_parts(t: GgmlType, src: &[u8], nb: usize) -> RowParts {
+    let mut p = RowParts { quants: Vec::with_capacity(nb * quant_bytes(t)), halves: Vec::new(), scmin: Vec::new() };
+    if t == GgmlType::Q4_K {
+        for blk in src.chunks_exact(144) {
+            p.halves.push([blk[0], blk[1]]);
+            p.halves.push([blk[2], blk[3]]);
+            let (sc, mn) = super::blocks::scales_mins_k4(&blk[4..16]);
+            for j in 0..8 {
+                p.scmin.push((sc[j], mn[j]));
+                // Values of sub-block j: nibble (j % 2) of bytes 32·(j/2) .. +32.
+                let q = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+                let v = |i: usize| (q[i] >> (4 * (j % 2))) & 15;
+                p.quants.extend((0..16).map(|i| v(i) | (v(i + 16) << 4)));
             }
         }
-        out
+        return p;
     }
+    let q0 = if t == GgmlType::Q4_1 { 4 } else { 2 };
+    for blk in src.chunks_exact(t.type_size()) {
+        p.halves.push([blk[0], blk[1]]);
+        if t == GgmlType::Q4_1 {
+            p.halves.push([blk[2], blk[3]]);
+        }
+        let flip = if t == GgmlType::Q8_0 { 0x80 } else { 0 };
+        p.quants.extend(blk[q0..q0 + quant_bytes(t)].iter().map(|&v| v ^ flip));
+    }
+    p
 }
 
-/// Byte offset, within a packed row of `nb` blocks, of quant byte `i` of block `b`.
-#[inline]
-fn quant_at(t: GgmlType, nb: usize, b: usize, i: usize) -> usize {
-    let (g, lane) = (b / LANES, b % LANES);
-    let nt = (nb - g * LANES).min(LANES);
-    g * LANES * quant_bytes(t) + (i / 4) * 4 * nt + 4 * lane + i % 4
-}
-
-/// Q4_K: sub-block `b` (32 values) becomes a lane like a Q4_0 block (byte `i` holds values
-/// `i` and `i + 16`); its 6-bit scale and min become bytes at `nb·16 + b` and
-/// `nb·17 + b`; each super-block's `d` and `dmin` (f16) follow at `nb·18 + 4·s`.
-fn pack_row_q4k(src: &[u8], nb: usize, dst: &mut [u8]) {
-    let hd = nb * 16;
-    for (sb, blk) in src.chunks_exact(144).enumerate() {
-        dst[hd + 2 * nb + 4 * sb..hd + 2 * nb + 4 * sb + 4].copy_from_slice(&blk[0..4]);
-        let (sc, mn) = super::blocks::scales_mins_k4(&blk[4..16]);
-        for j in 0..8 {
-            let b = 8 * sb + j;
-            dst[hd + b] = sc[j];
-            dst[hd + nb + b] = mn[j];
-            // Values of sub-block j: nibble (j % 2) of bytes 32·(j/2) .. +32.
-            let q = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
-            let v = |i: usize| (q[i] >> (4 * (j % 2))) & 15;
-            for i in 0..16 {
-                dst[quant_at(GgmlType::Q4_K, nb, b, i)] = v(i) | (v(i + 16) << 4);
+/// [`row_parts`] backwards: the file row.
+fn row_from_parts(t: GgmlType, p: &RowParts, nb: usize) -> Vec<u8> {
+    let qb = quant_bytes(t);
+    if t == GgmlType::Q4_K {
+        let mut out = vec![0u8; nb / 8 * 144];
+        for (sb, blk) in out.chunks_exact_mut(144).enumerate() {
+            blk[0..2].copy_from_slice(&p.halves[2 * sb]);
+            blk[2..4].copy_from_slice(&p.halves[2 * sb + 1]);
+            let sc: [u8; 8] = std::array::from_fn(|j| p.scmin[8 * sb + j].0);
+            let mn: [u8; 8] = std::array::from_fn(|j| p.scmin[8 * sb + j].1);
+            // ggml's 12-byte packing of eight 6-bit scales and mins (the inverse of scale_min_k4).
+            for j in 0..4 {
+                blk[4 + j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
+                blk[8 + j] = (mn[j] & 63) | ((mn[j + 4] >> 4) << 6);
+                blk[12 + j] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
             }
-        }
-    }
-}
-
-fn unpack_row_q4k(p: &[u8], nb: usize) -> Vec<u8> {
-    let hd = nb * 16;
-    let mut out = vec![0u8; nb / 8 * 144];
-    for (sb, blk) in out.chunks_exact_mut(144).enumerate() {
-        blk[0..4].copy_from_slice(&p[hd + 2 * nb + 4 * sb..hd + 2 * nb + 4 * sb + 4]);
-        let sc: [u8; 8] = std::array::from_fn(|j| p[hd + 8 * sb + j]);
-        let mn: [u8; 8] = std::array::from_fn(|j| p[hd + nb + 8 * sb + j]);
-        // ggml's 12-byte packing of eight 6-bit scales and mins (the inverse of scale_min_k4).
-        for j in 0..4 {
-            blk[4 + j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
-            blk[8 + j] = (mn[j] & 63) | ((mn[j + 4] >> 4) << 6);
-            blk[12 + j] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
-        }
-        for j in 0..8 {
-            let b = 8 * sb + j;
-            for i in 0..16 {
-                let v = p[quant_at(GgmlType::Q4_K, nb, b, i)];
+            for j in 0..8 {
+                let q = &p.quants[(8 * sb + j) * 16..(8 * sb + j + 1) * 16];
                 let at = 16 + 32 * (j / 2);
-                blk[at + i] |= (v & 15) << (4 * (j % 2));
-                blk[at + i + 16] |= (v >> 4) << (4 * (j % 2));
+                for (i, &v) in q.iter().enumerate() {
+                    blk[at + i] |= (v & 15) << (4 * (j % 2));
+                    blk[at + i + 16] |= (v >> 4) << (4 * (j % 2));
+                }
             }
         }
+        return out;
+    }
+    let per = if t == GgmlType::Q4_1 { 2 } else { 1 };
+    let flip = if t == GgmlType::Q8_0 { 0x80 } else { 0 };
+    let mut out = Vec::with_capacity(ggml_row_bytes(t, nb));
+    for b in 0..nb {
+        for h in 0..per {
+            out.extend_from_slice(&p.halves[per * b + h]);
+        }
+        out.extend(p.quants[b * qb..(b + 1) * qb].iter().map(|&v| v ^ flip));
     }
     out
 }
 
-fn pack_row(t: GgmlType, src: &[u8], nb: usize, dst: &mut [u8]) {
-    if t == GgmlType::Q4_K {
-        return pack_row_q4k(src, nb, dst);
-    }
-    let ts = t.type_size();
-    let qb = quant_bytes(t);
-    let hd = nb * qb;
-    let q0 = if t == GgmlType::Q4_1 { 4 } else { 2 };
-    for (b, blk) in src.chunks_exact(ts).enumerate() {
-        dst[hd + 2 * b..hd + 2 * b + 2].copy_from_slice(&blk[0..2]);
-        if t == GgmlType::Q4_1 {
-            dst[hd + 2 * nb + 2 * b..hd + 2 * nb + 2 * b + 2].copy_from_slice(&blk[2..4]);
-        }
-        let (g, lane) = (b / LANES, b % LANES);
-        let nt = (nb - g * LANES).min(LANES);
-        let base = g * LANES * qb + 4 * lane;
-        for (c, four) in blk[q0..q0 + qb].chunks_exact(4).enumerate() {
-            let at = base + c * 4 * nt;
-            let mut v = u32::from_le_bytes(four.try_into().unwrap());
-            if t == GgmlType::Q8_0 {
-                v ^= 0x8080_8080;
+impl Packed {
+    /// Pack `rows` rows of `nb` blocks of `t` from ggml bytes (`data`, rows back to back).
+    pub fn new(t: GgmlType, data: &[u8], rows: usize, nb: usize) -> Packed {
+        assert!(supports(t) && (t != GgmlType::Q4_K || nb.is_multiple_of(8)));
+        let rb = ggml_row_bytes(t, nb);
+        assert_eq!(data.len(), rows * rb);
+        let qb = quant_bytes(t);
+        let f = nb * RG * qb;
+        let gstride = (f + field_bytes(t, nb)).div_ceil(64) * 64;
+        let groups = rows.div_ceil(RG);
+        let mut lines = vec![Line([0; 64]); groups * gstride / 64];
+        // SAFETY: `Line` is 64 plain bytes; the vector holds groups · gstride of them.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, groups * gstride) };
+        for (r, src) in data.chunks_exact(rb).enumerate() {
+            let (g, i) = (r / RG, r % RG);
+            let dst = &mut bytes[g * gstride..(g + 1) * gstride];
+            let p = row_parts(t, src, nb);
+            for b in 0..nb {
+                for c in 0..qb / 4 {
+                    let at = b * RG * qb + 64 * c + 4 * i;
+                    dst[at..at + 4].copy_from_slice(&p.quants[b * qb + 4 * c..b * qb + 4 * c + 4]);
+                }
             }
-            dst[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            match t {
+                GgmlType::Q4_K => {
+                    for (b, &(sc, mn)) in p.scmin.iter().enumerate() {
+                        dst[f + 16 * b + i] = sc;
+                        dst[f + 16 * nb + 16 * b + i] = mn;
+                    }
+                    for sb in 0..nb / 8 {
+                        let (d, dmin) = (f + 32 * nb + 32 * sb + 2 * i, f + 32 * nb + 32 * (nb / 8) + 32 * sb + 2 * i);
+                        dst[d..d + 2].copy_from_slice(&p.halves[2 * sb]);
+                        dst[dmin..dmin + 2].copy_from_slice(&p.halves[2 * sb + 1]);
+                    }
+                }
+                GgmlType::Q4_1 => {
+                    for b in 0..nb {
+                        dst[f + 32 * b + 2 * i..f + 32 * b + 2 * i + 2].copy_from_slice(&p.halves[2 * b]);
+                        dst[f + 32 * nb + 32 * b + 2 * i..f + 32 * nb + 32 * b + 2 * i + 2].copy_from_slice(&p.halves[2 * b + 1]);
+                    }
+                }
+                _ => {
+                    for b in 0..nb {
+                        dst[f + 32 * b + 2 * i..f + 32 * b + 2 * i + 2].copy_from_slice(&p.halves[b]);
+                    }
+                }
+            }
         }
+        Packed { lines, dtype: t, rows, nb, gstride }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: as in `new`.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
+    }
+
+    /// Groups of 16 rows (the last one padded with zero rows).
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(RG)
+    }
+
+    /// Group `g`'s bytes.
+    pub fn group(&self, g: usize) -> &[u8] {
+        &self.bytes()[g * self.gstride..(g + 1) * self.gstride]
+    }
+
+    /// Row `r` back in ggml's layout (tests: packing must lose nothing).
+    pub fn unpack_row(&self, r: usize) -> Vec<u8> {
+        let (t, nb, qb) = (self.dtype, self.nb, quant_bytes(self.dtype));
+        let (g, i) = (r / RG, r % RG);
+        let src = self.group(g);
+        let f = nb * RG * qb;
+        let mut p = RowParts { quants: Vec::new(), halves: Vec::new(), scmin: Vec::new() };
+        for b in 0..nb {
+            for c in 0..qb / 4 {
+                let at = b * RG * qb + 64 * c + 4 * i;
+                p.quants.extend_from_slice(&src[at..at + 4]);
+            }
+        }
+        let half = |at: usize| [src[at], src[at + 1]];
+        match t {
+            GgmlType::Q4_K => {
+                p.scmin = (0..nb).map(|b| (src[f + 16 * b + i], src[f + 16 * nb + 16 * b + i])).collect();
+                for sb in 0..nb / 8 {
+                    p.halves.push(half(f + 32 * nb + 32 * sb + 2 * i));
+                    p.halves.push(half(f + 32 * nb + 32 * (nb / 8) + 32 * sb + 2 * i));
+                }
+            }
+            GgmlType::Q4_1 => {
+                for b in 0..nb {
+                    p.halves.push(half(f + 32 * b + 2 * i));
+                    p.halves.push(half(f + 32 * nb + 32 * b + 2 * i));
+                }
+            }
+            _ => p.halves = (0..nb).map(|b| half(f + 32 * b + 2 * i)).collect(),
+        }
+        row_from_parts(t, &p, nb)
     }
 }
 
-/// Activation rows per panel: a tile's rows sit at constant offsets from one base pointer.
-pub const PANEL: usize = 8;
-/// Bytes of quants per (group, row) slot.
-pub const SLOT_Q: usize = LANES * QK;
+/// Activation rows per panel: the rows of a kernel tile sit at constant offsets from one
+/// pointer per field, so a 12-row tile needs 4 address registers, not 48.
+pub const PANEL: usize = 12;
 
-/// Lanes per row of an interleaved tail group of `nt` blocks, or `None` when the group is
-/// laid out like the others (full, or more than half full).
+/// Activations for the packed kernels: `m` rows of `k` values quantized as
+/// [`ActFormat::B32`](super::quant::ActFormat), with per block its scale `d`, its sum
+/// `s = d·Σq`, and the integer start values `−8·Σq` (Q4_0) and `−128·Σq` (Q8_0's flipped
+/// quants), exact in i32.
 ///
-/// A row whose blocks do not fill whole groups ends in a group of `nt < 16` blocks, which
-/// costs a kernel as much as a full one: SmolLM2's 576-wide rows (18 blocks) spend 44% of
-/// their instructions on 2 live lanes of 16. When `nt ≤ 8` the tail group of a panel's rows
-/// is interleaved instead: row `r` of the panel takes lanes `(r % P)·L .. + nt` of slot
-/// `r / P` (`L` = `nt` rounded up to a power of two, at least 2; `P = 16 / L` rows per
-/// vector), so one `vpdpbusd` serves `P` rows, and the kernel broadcasts the weight row's
-/// `L` tail lanes to all `P` places.
-pub fn tail_lanes(nt: usize) -> Option<usize> {
-    (nt <= LANES / 2).then(|| nt.next_power_of_two().max(LANES / PANEL))
-}
-
-/// `m` activation rows quantized for the packed kernels (see the module docs), in panels
-/// of [`PANEL`] rows: for panel `p`, group `g` and row `r` (`i = PANEL·p + r`), slot
-/// `(p·ng + g)·PANEL + r` holds the group's quants (at `slot·SLOT_Q`, lane layout) and its
-/// blocks' `d`, `Σq`, `d·Σq` (at `slot·16`). A tile of rows then reads everything from four
-/// base pointers plus constant offsets, so the kernels keep their registers for data.
+/// Laid out in panels of [`PANEL`] rows: block `b` of row `i` (panel `p = i / 12`, place
+/// `r = i % 12`) is slot `(p·nb + b)·12 + r`: its 32 quants at `32·slot`, its fields at `slot`.
 #[derive(Debug, Default, Clone)]
 pub struct PActs {
     pub m: usize,
     pub k: usize,
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
-    /// `−8·Σq` per block: Q4_0's offset as the kernels start from it (Q8_0's is 16 times it).
-    pub isum: Vec<i32>,
     pub s: Vec<f32>,
-    /// Scratch: one row in the plain layout, its scales and sums.
-    plain: (Vec<i8>, Vec<f32>, Vec<f32>),
+    pub isum8: Vec<i32>,
+    pub isum128: Vec<i32>,
 }
 
-/// One row's pointers at group 0, as the kernels take them: group `g` of the row is at
-/// `+ g·PANEL·SLOT_Q` quants and `+ g·PANEL·16` scales, the next row at `+ SLOT_Q` / `+ 16`.
+/// One activation row's pointers at block 0, as the kernels take them: block `b` is
+/// `b·PANEL` slots further on, the next row of the panel one slot.
 #[derive(Clone, Copy)]
 pub struct PActRow {
-    /// The row's place in its panel (0..PANEL): an interleaved tail group is laid out per
-    /// panel, not per row.
-    pub r: usize,
     pub qs: *const i8,
     pub d: *const f32,
-    pub isum: *const i32,
     pub s: *const f32,
+    pub isum8: *const i32,
+    pub isum128: *const i32,
 }
 
 impl PActs {
     /// Quantize `x: (m, k)` (`k` a multiple of 32). `quantize_row` is the B32 quantizer
     /// (SIMD or scalar; they agree bit for bit).
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, quantize_row: impl Fn(&[f32], &mut [i8], &mut [f32], &mut [f32])) {
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, quantize_row: impl Fn(&[f32], &mut [i8], &mut [f32], &mut [f32]) + Sync) {
+        use rayon::prelude::*;
         let nb = k / QK;
-        let ng = nb.div_ceil(LANES);
-        let slots = m.div_ceil(PANEL) * ng * PANEL;
         self.m = m;
         self.k = k;
-        self.qs.resize(slots * SLOT_Q, 0);
-        self.d.resize(slots * LANES, 0.0);
-        self.isum.resize(slots * LANES, 0);
-        self.s.resize(slots * LANES, 0.0);
-        let (mut q, mut d, mut s) = std::mem::take(&mut self.plain);
-        q.resize(k, 0);
-        d.resize(nb, 0.0);
-        s.resize(nb, 0.0);
-        // An interleaved tail group's slots hold several rows and unused lanes: clear them
-        // (the buffers are reused across calls).
-        let nt_last = nb - (ng - 1) * LANES;
-        if tail_lanes(nt_last).is_some() {
-            for p in 0..m.div_ceil(PANEL) {
-                let s0 = (p * ng + ng - 1) * PANEL;
-                self.qs[s0 * SLOT_Q..(s0 + PANEL) * SLOT_Q].fill(0);
-                self.d[s0 * LANES..(s0 + PANEL) * LANES].fill(0.0);
-                self.s[s0 * LANES..(s0 + PANEL) * LANES].fill(0.0);
-                self.isum[s0 * LANES..(s0 + PANEL) * LANES].fill(0);
-            }
-        }
-        for i in 0..m {
-            quantize_row(&x[i * k..(i + 1) * k], &mut q, &mut d, &mut s);
-            for b in 0..nb {
-                let (q0, cs, si) = self.lane_pos(i, b);
-                let src = &q[b * QK..(b + 1) * QK];
-                for c in 0..QK / 4 {
-                    self.qs[q0 + c * cs..q0 + c * cs + 4].copy_from_slice(&src[4 * c..4 * c + 4]);
+        let slots = m.div_ceil(PANEL) * PANEL * nb;
+        self.qs.resize(slots * QK, 0);
+        self.d.resize(slots, 0.0);
+        self.s.resize(slots, 0.0);
+        self.isum8.resize(slots, 0);
+        self.isum128.resize(slots, 0);
+        let ps = PANEL * nb; // slots per panel
+        // One panel: its rows quantized in the plain layout, then spread to their slots.
+        let panel = |p: usize, (qs, d, s, i8s, i128s): (&mut [i8], &mut [f32], &mut [f32], &mut [i32], &mut [i32])| {
+            let (mut q, mut dr, mut sr) = (vec![0i8; k], vec![0f32; nb], vec![0f32; nb]);
+            for r in 0..PANEL.min(m - p * PANEL) {
+                let i = p * PANEL + r;
+                quantize_row(&x[i * k..(i + 1) * k], &mut q, &mut dr, &mut sr);
+                for (b, qb) in q.chunks_exact(QK).enumerate() {
+                    let at = b * PANEL + r;
+                    qs[at * QK..(at + 1) * QK].copy_from_slice(qb);
+                    let sum: i32 = qb.iter().map(|&v| v as i32).sum();
+                    d[at] = dr[b];
+                    s[at] = sr[b];
+                    i8s[at] = -8 * sum;
+                    i128s[at] = -128 * sum;
                 }
-                self.d[si] = d[b];
-                self.s[si] = s[b];
-                self.isum[si] = -8 * src.iter().map(|&v| v as i32).sum::<i32>();
+            }
+        };
+        let parts = (
+            self.qs.par_chunks_mut(ps * QK),
+            self.d.par_chunks_mut(ps),
+            self.s.par_chunks_mut(ps),
+            self.isum8.par_chunks_mut(ps),
+            self.isum128.par_chunks_mut(ps),
+        );
+        if m * k >= 1 << 16 {
+            parts.into_par_iter().enumerate().for_each(|(p, part)| panel(p, part));
+        } else {
+            let (qs, d, s, i8s, i128s) = (&mut self.qs, &mut self.d, &mut self.s, &mut self.isum8, &mut self.isum128);
+            for p in 0..m.div_ceil(PANEL) {
+                let sl = p * ps..(p + 1) * ps;
+                panel(p, (&mut qs[sl.start * QK..sl.end * QK], &mut d[sl.clone()], &mut s[sl.clone()], &mut i8s[sl.clone()], &mut i128s[sl]));
             }
         }
-        self.plain = (q, d, s);
     }
 
-    /// Where block `b` of row `i` lives: (offset of its first 4 quants, bytes from one chunk
-    /// of 4 to the next, index of its `d` / `Σq` / `d·Σq`).
-    fn lane_pos(&self, i: usize, b: usize) -> (usize, usize, usize) {
+    /// The slot of block `b` of row `i`.
+    pub fn slot(&self, i: usize, b: usize) -> usize {
         let nb = self.k / QK;
-        let (g, lane) = (b / LANES, b % LANES);
-        let nt = (nb - g * LANES).min(LANES);
-        match tail_lanes(nt) {
-            None => {
-                let slot = self.slot(i, g);
-                (slot * SLOT_Q + 4 * lane, 4 * nt, slot * LANES + lane)
-            }
-            Some(l) => {
-                let (p, r) = (LANES / l, i % PANEL);
-                let slot = self.slot(i - r + r / p, g);
-                let at = (r % p) * l + lane;
-                (slot * SLOT_Q + 4 * at, 4 * LANES, slot * LANES + at)
-            }
-        }
-    }
-
-    fn slot(&self, i: usize, g: usize) -> usize {
-        let ng = (self.k / QK).div_ceil(LANES);
-        (i / PANEL * ng + g) * PANEL + i % PANEL
+        (i / PANEL * nb + b) * PANEL + i % PANEL
     }
 
     pub fn row(&self, i: usize) -> PActRow {
-        let slot = self.slot(i, 0);
+        let at = self.slot(i, 0);
         PActRow {
-            r: i % PANEL,
-            qs: self.qs[slot * SLOT_Q..].as_ptr(),
-            d: self.d[slot * LANES..].as_ptr(),
-            isum: self.isum[slot * LANES..].as_ptr(),
-            s: self.s[slot * LANES..].as_ptr(),
+            qs: self.qs[at * QK..].as_ptr(),
+            d: self.d[at..].as_ptr(),
+            s: self.s[at..].as_ptr(),
+            isum8: self.isum8[at..].as_ptr(),
+            isum128: self.isum128[at..].as_ptr(),
         }
     }
 }
 
-/// Scalar reference of one packed product (weight row `w`, activation row `i` of `acts`),
-/// written from the layout's definition; the tests hold the SIMD kernel to it.
-pub fn dot_ref(t: GgmlType, w: &[u8], nb: usize, acts: &PActs, i: usize) -> f32 {
-    let hd = nb * quant_bytes(t);
+/// Scalar reference of one packed product (weight row `r` of `p`, activation row `i` of
+/// `acts`), written from the layout's definition; the tests hold the SIMD kernel to it.
+pub fn dot_ref(p: &Packed, r: usize, acts: &PActs, i: usize) -> f32 {
+    let (t, nb, qb) = (p.dtype, p.nb, quant_bytes(p.dtype));
+    let (g, lane) = (r / RG, r % RG);
+    let w = p.group(g);
+    let f = nb * RG * qb;
     let f16 = |at: usize| half::f16::from_le_bytes([w[at], w[at + 1]]).to_f32();
     // (scale, offset) of block b: w = scale·q + offset.
     let field = |b: usize| -> (f32, f32) {
         match t {
             GgmlType::Q4_K => {
-                let (d, dmin) = (f16(hd + 2 * nb + 4 * (b / 8)), f16(hd + 2 * nb + 4 * (b / 8) + 2));
-                (d * w[hd + b] as f32, -dmin * w[hd + nb + b] as f32)
+                let (d, dmin) = (f16(f + 32 * nb + 32 * (b / 8) + 2 * lane), f16(f + 32 * nb + 32 * (nb / 8) + 32 * (b / 8) + 2 * lane));
+                (d * w[f + 16 * b + lane] as f32, -dmin * w[f + 16 * nb + 16 * b + lane] as f32)
             }
-            GgmlType::Q4_1 => (f16(hd + 2 * b), f16(hd + 2 * nb + 2 * b)),
-            _ => (f16(hd + 2 * b), 0.0),
+            GgmlType::Q4_1 => (f16(f + 32 * b + 2 * lane), f16(f + 32 * nb + 32 * b + 2 * lane)),
+            _ => (f16(f + 32 * b + 2 * lane), 0.0),
         }
     };
     let mut y = 0f32;
     for b in 0..nb {
-        let (q0, cs, si) = acts.lane_pos(i, b);
-        let act = |v: usize| acts.qs[q0 + (v / 4) * cs + v % 4] as i32;
+        let byte = |e: usize| w[b * RG * qb + 64 * (e / 4) + 4 * lane + e % 4];
         let mut sum = 0i32;
         for v in 0..QK {
             let q = match t {
-                GgmlType::Q8_0 => w[quant_at(t, nb, b, v)] as i32 - 128,
-                GgmlType::Q4_0 => ((w[quant_at(t, nb, b, v % 16)] >> (4 * (v / 16))) & 15) as i32 - 8,
-                _ => ((w[quant_at(t, nb, b, v % 16)] >> (4 * (v / 16))) & 15) as i32,
+                GgmlType::Q8_0 => byte(v) as i32 - 128,
+                GgmlType::Q4_0 => ((byte(v % 16) >> (4 * (v / 16))) & 15) as i32 - 8,
+                _ => ((byte(v % 16) >> (4 * (v / 16))) & 15) as i32,
             };
-            sum += q * act(v);
+            sum += q * acts.qs[acts.slot(i, b) * QK + v] as i32;
         }
-        let da = acts.d[si];
         let (sc, off) = field(b);
-        y += sc * da * sum as f32 + off * acts.s[si];
+        let at = acts.slot(i, b);
+        y += sc * acts.d[at] * sum as f32 + off * acts.s[at];
     }
     y
 }

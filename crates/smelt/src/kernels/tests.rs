@@ -213,13 +213,12 @@ fn packed_kernels_match_scalar_reference() {
     use super::packed::{self, Packed};
     let mut rng = Rng::new(7);
     for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
-        // nb (blocks of 32): one block, a partial group, exactly one group, group + 1, group
-        // + 2 (SmolLM2's 576), group + 4, group + 12 (a tail too full to interleave), 5
-        // groups (2 slices), 11 groups; Q4_K in whole super-blocks.
+        // nb (blocks of 32): one block, odd counts, SmolLM2's 576 (18), 70, 176; Q4_K in
+        // whole super-blocks. Rows: part of a group of 16, one group and one row, 37.
         let sizes: &[usize] = if t == GgmlType::Q4_K { &[8, 16, 24, 72, 176] } else { &[1, 7, 16, 17, 18, 20, 28, 70, 176] };
         for &nb in sizes {
             let k = nb * 32;
-            let n = if nb > 17 { 37 } else { 9 };
+            let n = [9, 17, 37][nb % 3];
             let data = random_blocks(&mut rng, t, n, k, 0.1);
             let p = Packed::new(t, &data, n, nb);
             let rb = k / t.block_size() * t.type_size();
@@ -228,7 +227,8 @@ fn packed_kernels_match_scalar_reference() {
             }
             let w = QWeight::from_vec(data, t, n, k).unwrap();
             let wf = w.to_f32();
-            for m in [1, 2, 3, 4, 7, 8, 9, 17] {
+            // Tiles of 12, 8, 4, 2 and 1 rows, partial panels, several panels.
+            for m in [1, 2, 3, 4, 7, 8, 9, 12, 13, 17, 27] {
                 let x = random_acts(&mut rng, m * k);
                 // The packed kernels quantize activations in blocks of 32 (K-quants too).
                 let mut acts = QActs::default();
@@ -247,7 +247,7 @@ fn packed_kernels_match_scalar_reference() {
                     for j in 0..n {
                         let e = dot_f64(&wf[j * k..(j + 1) * k], &a);
                         let tol = rounding_bound(&wf[j * k..(j + 1) * k], &offsets(t, w.row(j)), &a, nb);
-                        let r = packed::dot_ref(t, p.row(j), nb, &pacts, i) as f64;
+                        let r = packed::dot_ref(&p, j, &pacts, i) as f64;
                         assert!((r - e).abs() <= tol, "packed reference {t} m={m} nb={nb} [{i},{j}]: {r} vs {e} (tol {tol:e})");
                         if simd {
                             let g = got[i * n + j] as f64;

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::kernels::QWeight;
 use crate::train::simd::multiversion;
-use crate::train::kernels::frozen::{bf16_backward, quant_backward};
+use crate::train::kernels::frozen::{backward_mode, quant_backward, Backward};
 use crate::train::kernels::gemm::{matmul_par, Mat};
 use crate::train::kernels::{f32_data, tensor_vec};
 use crate::train::optim::with_f32;
@@ -54,14 +54,14 @@ impl Frozen {
         }
     }
 
-    /// `dx (m × cols) = dy (m × rows) · W` (quantized: bf16 products when `bf16`).
-    fn backward(&self, dy: &[f32], m: usize, dx: &mut [f32], bf16: bool) -> Result<()> {
+    /// `dx (m × cols) = dy (m × rows) · W` (quantized: in the precision `mode`).
+    fn backward(&self, dy: &[f32], m: usize, dx: &mut [f32], mode: Backward) -> Result<()> {
         let (rows, cols) = self.dims();
         match self {
             Frozen::Dense(w) => with_f32(w, |w| matmul_par(dx, Mat::rows(dy, m, rows), Mat::rows(w, rows, cols), 1.0, false))
                 .map_err(|e| candle_core::Error::Msg(format!("{e:#}"))),
             Frozen::Quant(q) => {
-                quant_backward(q, dy, m, dx, bf16);
+                quant_backward(q, dy, m, dx, mode);
                 Ok(())
             }
         }
@@ -76,8 +76,8 @@ struct LoraLinear {
     dropout: f32,
     /// Seeds this application's dropout mask (the backward pass regenerates it).
     seed: u64,
-    /// bf16 products for the frozen weight's backward pass.
-    bf16: bool,
+    /// The precision of the frozen weight's backward product.
+    mode: Backward,
 }
 
 /// Elements per parallel task of the dropout passes (fixed: the mask depends only on the
@@ -188,7 +188,7 @@ impl CustomOp3 for LoraLinear {
         let mut da = vec![0f32; r * k];
         matmul_par(&mut da, Mat::rows(&dh, m, r).t(), Mat::rows(xd, m, k), 1.0, false);
         let mut dx = vec![0f32; m * k];
-        self.w.backward(&dyv, m, &mut dx, self.bf16)?;
+        self.w.backward(&dyv, m, &mut dx, self.mode)?;
         if self.dropout > 0.0 {
             let mut dxd = vec![0f32; m * k];
             matmul_par(&mut dxd, Mat::rows(&dh, m, r), Mat::rows(&av, r, k), 1.0, false);
@@ -207,13 +207,13 @@ impl CustomOp3 for LoraLinear {
 
 /// `x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ`, differentiable in `x`, `A` and `B`.
 pub fn lora_linear(x: &Tensor, w: Frozen, a: &Tensor, b: &Tensor, scale: f64, dropout: f32) -> Result<Tensor> {
-    lora_linear_with(x, w, a, b, scale, dropout, bf16_backward())
+    lora_linear_with(x, w, a, b, scale, dropout, backward_mode())
 }
 
 /// [`lora_linear`] with the frozen weight's backward precision given.
-pub fn lora_linear_with(x: &Tensor, w: Frozen, a: &Tensor, b: &Tensor, scale: f64, dropout: f32, bf16: bool) -> Result<Tensor> {
+pub fn lora_linear_with(x: &Tensor, w: Frozen, a: &Tensor, b: &Tensor, scale: f64, dropout: f32, mode: Backward) -> Result<Tensor> {
     let seed = DROPOUT_STREAM.fetch_add(0x9e3779b97f4a7c15, Ordering::Relaxed);
-    let op = LoraLinear { w, scale: scale as f32, dropout, seed, bf16 };
+    let op = LoraLinear { w, scale: scale as f32, dropout, seed, mode };
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 
@@ -242,7 +242,7 @@ mod tests {
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (n, r), &dev).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
         for (w, tol) in [(Frozen::Dense(wq.clone()), 1e-5), (Frozen::Quant(q.clone()), 2e-2)] {
-            let ours = lora_linear_with(&x, w, &a, &b, 2.0, 0.0, false).unwrap();
+            let ours = lora_linear_with(&x, w, &a, &b, 2.0, 0.0, Backward::F32).unwrap();
             let want = oracle(&x, &wq, &a, &b, 2.0);
             assert_close(&ours, &want, tol);
             let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();

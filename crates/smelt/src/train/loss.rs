@@ -121,7 +121,8 @@ struct FrozenHeadCrossEntropy {
     w: crate::kernels::QWeight,
     targets: Vec<u32>,
     want_grad: bool,
-    bf16: bool,
+    /// The precision of `dh`'s product.
+    mode: super::kernels::frozen::Backward,
     grads: Mutex<Option<Vec<f32>>>,
 }
 
@@ -154,7 +155,7 @@ impl candle_core::CustomOp1 for FrozenHeadCrossEntropy {
             self.w.matmul_into(&h[r0 * d..(r0 + rows) * d], rows, lg).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
             total += ce_block(lg, vocab, &self.targets[r0..r0 + rows], inv, self.want_grad);
             if self.want_grad {
-                super::kernels::frozen::quant_backward(&self.w, lg, rows, &mut dh[r0 * d..(r0 + rows) * d], self.bf16);
+                super::kernels::frozen::quant_backward(&self.w, lg, rows, &mut dh[r0 * d..(r0 + rows) * d], self.mode);
             }
         }
         if self.want_grad {
@@ -179,16 +180,16 @@ impl candle_core::CustomOp1 for FrozenHeadCrossEntropy {
 /// Mean cross-entropy of `h (n, d) · Wᵀ` for a frozen quantized `W (vocab, d)` against
 /// `targets`, without materialising the logits; differentiable in `h`.
 pub fn frozen_head_cross_entropy(h: &Tensor, w: &crate::kernels::QWeight, targets: &[u32]) -> Result<Tensor> {
-    frozen_head_cross_entropy_with(h, w, targets, super::kernels::frozen::bf16_backward())
+    frozen_head_cross_entropy_with(h, w, targets, super::kernels::frozen::backward_mode())
 }
 
 /// [`frozen_head_cross_entropy`] with the backward precision given.
-pub fn frozen_head_cross_entropy_with(h: &Tensor, w: &crate::kernels::QWeight, targets: &[u32], bf16: bool) -> Result<Tensor> {
+pub fn frozen_head_cross_entropy_with(h: &Tensor, w: &crate::kernels::QWeight, targets: &[u32], mode: super::kernels::frozen::Backward) -> Result<Tensor> {
     let op = FrozenHeadCrossEntropy {
         w: w.clone(),
         targets: targets.to_vec(),
         want_grad: h.track_op(),
-        bf16,
+        mode,
         grads: Mutex::new(None),
     };
     Ok(h.contiguous()?.apply_op1(op)?)
@@ -497,13 +498,14 @@ mod tests {
         let b = cross_entropy_reference(&logits.as_tensor().index_select(&idx, 0).unwrap(), &kept).unwrap();
         let dlogits = (&b * 2.0).unwrap().backward().unwrap().remove(logits.as_tensor()).unwrap();
         let dh = dlogits.matmul(&w).unwrap();
-        for use_bf16 in [false, true] {
-            let a = frozen_head_cross_entropy_with(h.as_tensor(), &q, &targets, use_bf16).unwrap();
+        use crate::train::kernels::frozen::Backward;
+        for mode in [Backward::F32, Backward::Bf16, Backward::Int8] {
+            let a = frozen_head_cross_entropy_with(h.as_tensor(), &q, &targets, mode).unwrap();
             // f32 sums over 600k logits in two orders: ~1e-7 of the loss apart.
             let tol = 1e-5 + 1e-6 * b.to_scalar::<f32>().unwrap().abs();
             assert!(max_diff(&a, &b) < tol, "{a} vs {b}");
             let ga = (&a * 2.0).unwrap().backward().unwrap();
-            crate::train::kernels::assert_close(ga.get(&h).unwrap(), &dh, if use_bf16 { 2e-2 } else { 1e-5 });
+            crate::train::kernels::assert_close(ga.get(&h).unwrap(), &dh, if mode == Backward::F32 { 1e-5 } else { 2e-2 });
         }
     }
 

@@ -4,10 +4,13 @@
 //! * Quantized `W` stays in its ggml blocks: the forward pass is smelt's quantized kernel
 //!   (the one inference runs), the backward pass dequantizes `W` a band of rows at a time
 //!   (in parallel) and multiplies each band into `dx` — the f32 matrix never exists whole.
-//!   Where bf16 products are faster than f32 ([`bf16::preferred`]: AMD Zen 4, not Intel's
-//!   Xeons) the band products run in bf16 with f32 accumulation ([`super::bf16`]; `W` is
-//!   4–8-bit already, `dy` keeps 8 significant bits); [`set_bf16_backward`]`(false)`
-//!   (`smelt finetune --f32`) keeps f32.
+//!   On AVX-512 VNNI CPUs the backward product runs on the int8 kernels instead
+//!   ([`Backward::Int8`]): `Wᵀ` requantized to Q8_0 once ([`QWeight::transposed_int8`]), `dy`
+//!   quantized per block of 32 like any activation — 4× f32's multiply rate, and the
+//!   precision of bf16 (8 significant bits on `dy`, 8 on `W`). Elsewhere, where bf16
+//!   products are faster than f32 ([`bf16::preferred`]: AMD Zen 4, not Intel's Xeons) the
+//!   band products run in bf16 with f32 accumulation ([`super::bf16`]).
+//!   [`set_low_precision_backward`]`(false)` (`smelt finetune --f32`) keeps f32.
 //! * Dense `W` (a Hugging Face base): plain products, but without candle's `dW = xᵀ · dy`
 //!   that a frozen weight does not need.
 //!
@@ -28,24 +31,47 @@ const BAND: usize = 256;
 /// The same for the bf16 path (fewer passes over `dx`).
 const BAND_BF16: usize = 512;
 
-static BF16_BACKWARD: AtomicBool = AtomicBool::new(true);
+static LOW_PRECISION: AtomicBool = AtomicBool::new(true);
 
-/// Whether frozen quantized weights' backward products may run in bf16 (default: yes, where
-/// [`bf16::preferred`]).
-pub fn set_bf16_backward(on: bool) {
-    BF16_BACKWARD.store(on, Ordering::Relaxed);
+/// Whether frozen quantized weights' backward products may run in int8 or bf16 (default:
+/// yes, where faster); `false` keeps f32.
+pub fn set_low_precision_backward(on: bool) {
+    LOW_PRECISION.store(on, Ordering::Relaxed);
 }
 
-/// Whether the backward products of frozen quantized weights run in bf16 now (allowed, and
-/// faster than f32 on this CPU: [`bf16::preferred`]).
-pub fn bf16_backward() -> bool {
-    BF16_BACKWARD.load(Ordering::Relaxed) && bf16::preferred()
+/// The precision of a frozen quantized weight's backward product `dx = dy · W`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backward {
+    /// Dequantized f32 bands, f32 products.
+    F32,
+    /// Dequantized bands rounded to bf16, f32 accumulation (where the CPU has it).
+    Bf16,
+    /// `dy` and a Q8_0 `Wᵀ` on the int8 kernels (where they run and `Wᵀ` fits its budget;
+    /// f32 otherwise).
+    Int8,
 }
 
-/// `dx (m × cols) = dy (m × rows) · W` for a quantized `W (rows × cols)`, band by band;
-/// bf16 products when `use_bf16` and the CPU has them.
-pub fn quant_backward(q: &QWeight, dy: &[f32], m: usize, dx: &mut [f32], use_bf16: bool) {
-    let use_bf16 = use_bf16 && bf16::available();
+/// The fastest backward precision allowed here: int8 on AVX-512 VNNI, bf16 where it beats
+/// f32 ([`bf16::preferred`]), else f32; f32 when [`set_low_precision_backward`]`(false)`.
+pub fn backward_mode() -> Backward {
+    if !LOW_PRECISION.load(Ordering::Relaxed) {
+        Backward::F32
+    } else if crate::kernels::Isa::Avx512Vnni.is_available() {
+        Backward::Int8
+    } else if bf16::preferred() {
+        Backward::Bf16
+    } else {
+        Backward::F32
+    }
+}
+
+/// `dx (m × cols) = dy (m × rows) · W` for a quantized `W (rows × cols)` in the precision
+/// `mode`: int8 through `Wᵀ`, or band by band (bf16 products when asked and available).
+pub fn quant_backward(q: &QWeight, dy: &[f32], m: usize, dx: &mut [f32], mode: Backward) {
+    if mode == Backward::Int8 && q.backward_int8(dy, m, dx) {
+        return;
+    }
+    let use_bf16 = mode == Backward::Bf16 && bf16::available();
     let (rows, cols) = (q.rows(), q.cols());
     assert!(dy.len() >= m * rows && dx.len() >= m * cols, "frozen backward: buffer sizes");
     let band_rows = if use_bf16 { BAND_BF16 } else { BAND };
@@ -66,7 +92,7 @@ pub fn quant_backward(q: &QWeight, dy: &[f32], m: usize, dx: &mut [f32], use_bf1
 
 struct FrozenQuant {
     w: QWeight,
-    bf16: bool,
+    mode: Backward,
 }
 
 fn out_shape(lead: &[usize], rows: usize) -> Shape {
@@ -98,19 +124,19 @@ impl CustomOp1 for FrozenQuant {
         let dyv = super::tensor_vec(dy)?;
         let m = dyv.len() / rows;
         let mut dx = vec![0f32; m * cols];
-        quant_backward(&self.w, &dyv, m, &mut dx, self.bf16);
+        quant_backward(&self.w, &dyv, m, &mut dx, self.mode);
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
 /// `x (..., in) · Wᵀ` for a quantized `W` that gets no gradient; `x` does.
 pub fn frozen_quant(x: &Tensor, w: &QWeight) -> Result<Tensor> {
-    frozen_quant_with(x, w, bf16_backward())
+    frozen_quant_with(x, w, backward_mode())
 }
 
-/// [`frozen_quant`] with the backward precision given (`bf16` only where available).
-pub fn frozen_quant_with(x: &Tensor, w: &QWeight, bf16: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenQuant { w: w.clone(), bf16 })
+/// [`frozen_quant`] with the backward precision given (each only where available).
+pub fn frozen_quant_with(x: &Tensor, w: &QWeight, mode: Backward) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenQuant { w: w.clone(), mode })
 }
 
 /// `x (..., in) · Wᵀ` for a dense f32 `W: (out, in)` that gets no gradient; `x` does (the
@@ -128,21 +154,26 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn check(t: GgmlType, rows: usize, cols: usize) {
-        check_with(t, rows, cols, false, 1e-5);
+        check_with(t, rows, cols, Backward::F32, 1e-5);
         if bf16::available() {
             // bf16 products: dy and the dequantized weight rounded to 8 significant bits.
-            check_with(t, rows, cols, true, 2e-2);
+            check_with(t, rows, cols, Backward::Bf16, 2e-2);
         }
+        // int8: dy and Wᵀ quantized to 8 bits per block of 32 (f32 where it does not run).
+        check_with(t, rows, cols, Backward::Int8, 2e-2);
     }
 
-    fn check_with(t: GgmlType, rows: usize, cols: usize, use_bf16: bool, tol: f32) {
+    fn check_with(t: GgmlType, rows: usize, cols: usize, mode: Backward, tol: f32) {
         let dev = Device::Cpu;
         let mut rng = Rng::new(7);
         let q = QWeight::from_vec(random_blocks(&mut rng, t, rows, cols, 0.5), t, rows, cols).unwrap();
         let w = Tensor::from_vec(q.to_f32(), (rows, cols), &dev).unwrap();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, cols), &dev).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (2, 5, rows), &dev).unwrap();
-        let ours = frozen_quant_with(&x, &q, use_bf16).unwrap();
+        if mode == Backward::Int8 && rows % 32 == 0 && crate::kernels::Isa::Avx512Vnni.is_available() {
+            assert!(q.transposed_int8().is_some(), "{t} [{rows}, {cols}]: no int8 copy");
+        }
+        let ours = frozen_quant_with(&x, &q, mode).unwrap();
         let oracle = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
         // Forward: 8-bit activations, so close but not exact.
         crate::train::kernels::assert_close(&ours, &oracle, 2e-2);
@@ -159,6 +190,10 @@ mod tests {
         check(GgmlType::Q4_K, 40, 256);
         check(GgmlType::Q6_K, 600, 256);
         check(GgmlType::Q4_0, 1100, 64); // bf16 bands of 512: three, the last partial
+        // Rows in whole blocks of 32: Wᵀ has an int8 copy.
+        check(GgmlType::Q4_1, 576, 64);
+        check(GgmlType::Q4_K, 64, 256);
+        check(GgmlType::Q6_K, 96, 512);
     }
 
     #[test]
