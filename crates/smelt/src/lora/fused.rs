@@ -22,7 +22,7 @@ use crate::kernels::QWeight;
 use crate::train::simd::multiversion;
 use crate::train::kernels::frozen::{backward_mode, quant_backward, Backward};
 use crate::train::kernels::gemm::{matmul_par, Mat};
-use crate::train::kernels::{f32_data, tensor_vec};
+use crate::train::kernels::{f32_data, with_data};
 use crate::train::optim::with_f32;
 
 /// The frozen base weight of the layer.
@@ -173,35 +173,44 @@ impl CustomOp3 for LoraLinear {
     }
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = self.w.dims();
-        let r = a.dims()[0];
-        let (xv, av, bv, dyv) = (tensor_vec(x)?, tensor_vec(a)?, tensor_vec(b)?, tensor_vec(dy)?);
-        let m = xv.len() / k;
-        let xd = self.dropped(&xv);
-        let xd = xd.as_deref().unwrap_or(&xv);
-        let mut h = vec![0f32; m * r];
-        matmul_par(&mut h, Mat::rows(xd, m, k), Mat::rows(&av, r, k).t(), 1.0, false);
-        let mut db = vec![0f32; n * r];
-        matmul_par(&mut db, Mat::rows(&dyv, m, n).t(), Mat::rows(&h, m, r), self.scale, false);
-        let mut dh = vec![0f32; m * r];
-        matmul_par(&mut dh, Mat::rows(&dyv, m, n), Mat::rows(&bv, n, r), self.scale, false);
-        let mut da = vec![0f32; r * k];
-        matmul_par(&mut da, Mat::rows(&dh, m, r).t(), Mat::rows(xd, m, k), 1.0, false);
-        let mut dx = vec![0f32; m * k];
-        self.w.backward(&dyv, m, &mut dx, self.mode)?;
-        if self.dropout > 0.0 {
-            let mut dxd = vec![0f32; m * k];
-            matmul_par(&mut dxd, Mat::rows(&dh, m, r), Mat::rows(&av, r, k), 1.0, false);
-            // Where dropout kept x (scaled), the gradient passes with the same scale.
-            self.add_dropped_grad(&mut dx, &dxd);
-        } else {
-            matmul_par(&mut dx, Mat::rows(&dh, m, r), Mat::rows(&av, r, k), 1.0, true);
-        }
+        // The activations and the gradient are read in place (no copies of m × k and m × n).
+        let (dx, da, db) = with_data(x, |xv| with_data(a, |av| with_data(b, |bv| with_data(dy, |dyv| self.grads(xv, av, bv, dyv)))))?;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(da, a.shape(), a.device())?),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
         ))
+    }
+}
+
+impl LoraLinear {
+    /// `(dx, dA, dB)` from the layer's input, adapter and output gradient (see the module
+    /// docs for the products).
+    fn grads(&self, xv: &[f32], av: &[f32], bv: &[f32], dyv: &[f32]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (n, k) = self.w.dims();
+        let r = av.len() / k;
+        let m = xv.len() / k;
+        let xd = self.dropped(xv);
+        let xd = xd.as_deref().unwrap_or(xv);
+        let mut h = vec![0f32; m * r];
+        matmul_par(&mut h, Mat::rows(xd, m, k), Mat::rows(av, r, k).t(), 1.0, false);
+        let mut db = vec![0f32; n * r];
+        matmul_par(&mut db, Mat::rows(dyv, m, n).t(), Mat::rows(&h, m, r), self.scale, false);
+        let mut dh = vec![0f32; m * r];
+        matmul_par(&mut dh, Mat::rows(dyv, m, n), Mat::rows(bv, n, r), self.scale, false);
+        let mut da = vec![0f32; r * k];
+        matmul_par(&mut da, Mat::rows(&dh, m, r).t(), Mat::rows(xd, m, k), 1.0, false);
+        let mut dx = vec![0f32; m * k];
+        self.w.backward(dyv, m, &mut dx, self.mode)?;
+        if self.dropout > 0.0 {
+            let mut dxd = vec![0f32; m * k];
+            matmul_par(&mut dxd, Mat::rows(&dh, m, r), Mat::rows(av, r, k), 1.0, false);
+            // Where dropout kept x (scaled), the gradient passes with the same scale.
+            self.add_dropped_grad(&mut dx, &dxd);
+        } else {
+            matmul_par(&mut dx, Mat::rows(&dh, m, r), Mat::rows(av, r, k), 1.0, true);
+        }
+        Ok((dx, da, db))
     }
 }
 
@@ -222,7 +231,7 @@ mod tests {
     use super::*;
     use crate::kernels::testing::random_blocks;
     use crate::load::gguf::GgmlType;
-    use crate::train::kernels::assert_close;
+    use crate::train::kernels::{assert_close, tensor_vec};
     use candle_core::{Device, Var};
 
     fn oracle(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, s: f64) -> Tensor {

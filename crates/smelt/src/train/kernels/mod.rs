@@ -25,6 +25,18 @@ pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
     Ok(&v[a..b])
 }
 
+/// Run `f` on a tensor's f32 data: borrowed where it is contiguous f32 on the CPU (no
+/// copy of a large activation or gradient), else a contiguous copy.
+pub(crate) fn with_data<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            return f(&v[a..b]);
+        }
+    }
+    f(&tensor_vec(t)?)
+}
+
 /// A tensor's data as a contiguous f32 vector (copied).
 pub(crate) fn tensor_vec(t: &candle_core::Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
