@@ -155,8 +155,9 @@ fn run_tile(isa: Isa, w: &QWeight, tl: &Tile<'_>, y: *mut f32, ldy: usize) {
     }
 }
 
-/// How a product is cut into tasks: `n_w` runs of `wr` weight rows × `n_a` runs of `ga`
-/// activation groups (task `t` is weight run `t % n_w`, activation run `t / n_w`).
+/// How a product is cut into tasks: `n_w` runs of `wr` weight units (rows, or packed
+/// groups of 16 rows) × `n_a` runs of `ga` activation units (row groups or panels); task `t`
+/// is weight run `t % n_w`, activation run `t / n_w`.
 struct Plan {
     threads: usize,
     wr: usize,
@@ -166,21 +167,23 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(m: usize, n: usize, k: usize, row_bytes: usize) -> Plan {
-        let groups = m.div_ceil(GROUP);
-        let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
-        // Weight rows per task: decode splits rows evenly; prefill keeps a task's rows in L1.
-        let wr = if groups == 1 {
-            n.div_ceil(4 * threads)
+    /// `macs` multiply-adds over `w_units` weight units of `unit_bytes` each and `a_units`
+    /// activation units. Decode (one activation unit) splits the weight units evenly, a few
+    /// runs per thread; prefill gives each task about `task_bytes` of weights (at least
+    /// `min_units`) to keep in cache while its activation units stream past.
+    fn new(macs: usize, w_units: usize, a_units: usize, unit_bytes: usize, task_bytes: usize, min_units: usize) -> Plan {
+        let threads = if macs < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
+        let wr = if a_units == 1 {
+            w_units.div_ceil(4 * threads)
         } else {
-            (TASK_WEIGHT_BYTES / row_bytes).max(4).min(n.div_ceil(threads))
+            (task_bytes / unit_bytes).max(min_units).min(w_units.div_ceil(threads))
         }
         .max(1);
-        let n_w = n.div_ceil(wr);
-        // Split activation groups too when there are too few weight tasks to balance threads.
-        let n_a = (4 * threads).div_ceil(n_w).clamp(1, groups);
-        let ga = groups.div_ceil(n_a);
-        let n_a = groups.div_ceil(ga);
+        let n_w = w_units.div_ceil(wr);
+        // Split activation units too when there are too few weight tasks to balance threads.
+        let n_a = (4 * threads).div_ceil(n_w).clamp(1, a_units);
+        let ga = a_units.div_ceil(n_a);
+        let n_a = a_units.div_ceil(ga);
         Plan { threads, wr, n_w, ga, n_a }
     }
 
@@ -216,12 +219,8 @@ pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
     // SAFETY: the CPU has AVX-512 VNNI (checked by the caller).
     acts.quantize(x, m, k, |x, q, d, s| unsafe { super::x86::vnni::quantize_row_b32(x, q, d, s) });
     let (ng, np) = (p.groups(), m.div_ceil(PANEL));
-    let threads = if m * n * k < PARALLEL_MIN_MACS { 1 } else { rayon::current_num_threads().max(1) };
-    let gw = if np == 1 { ng.div_ceil(4 * threads) } else { (TASK_GROUP_BYTES / p.gstride).max(1).min(ng.div_ceil(threads)) }.max(1);
-    let n_w = ng.div_ceil(gw);
-    let n_a = (4 * threads).div_ceil(n_w).clamp(1, np);
-    let pa = np.div_ceil(n_a);
-    let n_a = np.div_ceil(pa);
+    let plan = Plan::new(m * n * k, ng, np, p.gstride, TASK_GROUP_BYTES, 1);
+    let (gw, n_w, pa) = (plan.wr, plan.n_w, plan.ga);
     let out = OutPtr(y.as_mut_ptr());
     let shared = &acts;
     let base = p.bytes().as_ptr() as usize;
@@ -267,12 +266,7 @@ pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
             }
         }
     };
-    let tasks = n_w * n_a;
-    if threads == 1 || tasks == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    plan.run(task);
     PSCRATCH.with(|s| s.set(acts));
 }
 
@@ -300,7 +294,7 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f
     let row_bytes = w.row_bytes();
     let data = w.data();
     let groups = m.div_ceil(GROUP);
-    let Plan { threads, wr, n_w, ga, n_a } = Plan::new(m, n, k, row_bytes);
+    let Plan { threads, wr, n_w, ga, n_a } = Plan::new(m * n * k, n, groups, row_bytes, TASK_WEIGHT_BYTES, 4);
 
     let out = OutPtr(y.as_mut_ptr());
     let shared = &acts;

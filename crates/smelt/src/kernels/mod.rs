@@ -203,7 +203,7 @@ impl QWeight {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static BUILT: AtomicUsize = AtomicUsize::new(0);
         let (rows, cols) = (self.rows, self.cols);
-        if !rows.is_multiple_of(32) || !Isa::Avx512Vnni.is_available() || !packed::supports(GgmlType::Q8_0) {
+        if !rows.is_multiple_of(32) || !Isa::Avx512Vnni.is_available() {
             return None;
         }
         let bytes = cols * (rows / 32) * GgmlType::Q8_0.type_size();

@@ -43,7 +43,7 @@ pub fn supports(t: GgmlType) -> bool {
 }
 
 /// Quant bytes per row and block of 32.
-pub fn quant_bytes(t: GgmlType) -> usize {
+fn quant_bytes(t: GgmlType) -> usize {
     match t {
         GgmlType::Q8_0 => 32,
         _ => 16,
@@ -65,9 +65,9 @@ fn field_bytes(t: GgmlType, nb: usize) -> usize {
 }
 
 /// 64-byte aligned storage.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(crate) struct Line(pub(crate) [u8; 64]);
+struct Line([u8; 64]);
 
 /// A packed `(rows, cols)` matrix.
 pub struct Packed {
@@ -284,7 +284,29 @@ pub struct PActs {
     pub s: Vec<f32>,
     pub isum8: Vec<i32>,
     pub isum128: Vec<i32>,
+    /// Scratch for one row in the plain B32 layout (kept between calls).
+    plain: Plain,
 }
+
+/// One row's quants, scales and sums in the plain B32 layout.
+#[derive(Debug, Default, Clone)]
+struct Plain {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl Plain {
+    /// Sized for rows of `k` values.
+    fn fit(&mut self, k: usize) {
+        self.q.resize(k, 0);
+        self.d.resize(k / QK, 0.0);
+        self.s.resize(k / QK, 0.0);
+    }
+}
+
+/// One panel's slots of each [`PActs`] field.
+type PanelParts<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32], &'a mut [i32], &'a mut [i32]);
 
 /// One activation row's pointers at block 0, as the kernels take them: block `b` is
 /// `b·PANEL` slots further on, the next row of the panel one slot.
@@ -312,37 +334,35 @@ impl PActs {
         self.isum8.resize(slots, 0);
         self.isum128.resize(slots, 0);
         let ps = PANEL * nb; // slots per panel
-        // One panel: its rows quantized in the plain layout, then spread to their slots.
-        let panel = |p: usize, (qs, d, s, i8s, i128s): (&mut [i8], &mut [f32], &mut [f32], &mut [i32], &mut [i32])| {
-            let (mut q, mut dr, mut sr) = (vec![0i8; k], vec![0f32; nb], vec![0f32; nb]);
+        // Panel p: its rows quantized in the plain layout (`plain`: one row's quants, scales
+        // and sums), then spread to their slots.
+        let panel = |plain: &mut Plain, p: usize, (qs, d, s, i8s, i128s): PanelParts<'_>| {
+            plain.fit(k);
             for r in 0..PANEL.min(m - p * PANEL) {
                 let i = p * PANEL + r;
-                quantize_row(&x[i * k..(i + 1) * k], &mut q, &mut dr, &mut sr);
-                for (b, qb) in q.chunks_exact(QK).enumerate() {
+                quantize_row(&x[i * k..(i + 1) * k], &mut plain.q, &mut plain.d, &mut plain.s);
+                for (b, qb) in plain.q.chunks_exact(QK).enumerate() {
                     let at = b * PANEL + r;
                     qs[at * QK..(at + 1) * QK].copy_from_slice(qb);
                     let sum: i32 = qb.iter().map(|&v| v as i32).sum();
-                    d[at] = dr[b];
-                    s[at] = sr[b];
+                    d[at] = plain.d[b];
+                    s[at] = plain.s[b];
                     i8s[at] = -8 * sum;
                     i128s[at] = -128 * sum;
                 }
             }
         };
-        let parts = (
-            self.qs.par_chunks_mut(ps * QK),
-            self.d.par_chunks_mut(ps),
-            self.s.par_chunks_mut(ps),
-            self.isum8.par_chunks_mut(ps),
-            self.isum128.par_chunks_mut(ps),
-        );
         if m * k >= 1 << 16 {
-            parts.into_par_iter().enumerate().for_each(|(p, part)| panel(p, part));
+            // Prefill: one task per panel, each with its own row scratch.
+            (self.qs.par_chunks_mut(ps * QK), self.d.par_chunks_mut(ps), self.s.par_chunks_mut(ps), self.isum8.par_chunks_mut(ps), self.isum128.par_chunks_mut(ps))
+                .into_par_iter()
+                .enumerate()
+                .for_each_init(Plain::default, |plain, (p, part)| panel(plain, p, part));
         } else {
-            let (qs, d, s, i8s, i128s) = (&mut self.qs, &mut self.d, &mut self.s, &mut self.isum8, &mut self.isum128);
-            for p in 0..m.div_ceil(PANEL) {
-                let sl = p * ps..(p + 1) * ps;
-                panel(p, (&mut qs[sl.start * QK..sl.end * QK], &mut d[sl.clone()], &mut s[sl.clone()], &mut i8s[sl.clone()], &mut i128s[sl]));
+            // Decode and small products: on this thread, with the kept scratch (no allocation).
+            let parts = self.qs.chunks_mut(ps * QK).zip(self.d.chunks_mut(ps)).zip(self.s.chunks_mut(ps)).zip(self.isum8.chunks_mut(ps)).zip(self.isum128.chunks_mut(ps));
+            for (p, ((((qs, d), s), i8s), i128s)) in parts.enumerate() {
+                panel(&mut self.plain, p, (qs, d, s, i8s, i128s));
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::kernels::QWeight;
 use crate::train::simd::multiversion;
 use crate::train::kernels::frozen::{backward_mode, quant_backward, Backward};
 use crate::train::kernels::gemm::{matmul_par, Mat};
-use crate::train::kernels::{f32_data, with_data};
+use crate::train::kernels::{f32_data, tensor_vec, with_data};
 use crate::train::optim::with_f32;
 
 /// The frozen base weight of the layer.
@@ -173,8 +173,10 @@ impl CustomOp3 for LoraLinear {
     }
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // The activations and the gradient are read in place (no copies of m × k and m × n).
-        let (dx, da, db) = with_data(x, |xv| with_data(a, |av| with_data(b, |bv| with_data(dy, |dyv| self.grads(xv, av, bv, dyv)))))?;
+        // The activation and the gradient are read in place (no copies of m × k and m × n);
+        // the adapters are small.
+        let (av, bv) = (tensor_vec(a)?, tensor_vec(b)?);
+        let (dx, da, db) = with_data(x, |xv| with_data(dy, |dyv| self.grads(xv, &av, &bv, dyv)))?;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(da, a.shape(), a.device())?),
@@ -231,7 +233,7 @@ mod tests {
     use super::*;
     use crate::kernels::testing::random_blocks;
     use crate::load::gguf::GgmlType;
-    use crate::train::kernels::{assert_close, tensor_vec};
+    use crate::train::kernels::assert_close;
     use candle_core::{Device, Var};
 
     fn oracle(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, s: f64) -> Tensor {

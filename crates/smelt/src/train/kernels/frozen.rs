@@ -121,10 +121,12 @@ impl CustomOp1 for FrozenQuant {
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let (rows, cols) = (self.w.rows(), self.w.cols());
-        let dyv = super::tensor_vec(dy)?;
-        let m = dyv.len() / rows;
-        let mut dx = vec![0f32; m * cols];
-        quant_backward(&self.w, &dyv, m, &mut dx, self.mode);
+        let dx = super::with_data(dy, |dyv| {
+            let m = dyv.len() / rows;
+            let mut dx = vec![0f32; m * cols];
+            quant_backward(&self.w, dyv, m, &mut dx, self.mode);
+            Ok(dx)
+        })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

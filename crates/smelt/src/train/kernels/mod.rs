@@ -28,11 +28,8 @@ pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
 /// Run `f` on a tensor's f32 data: borrowed where it is contiguous f32 on the CPU (no
 /// copy of a large activation or gradient), else a contiguous copy.
 pub(crate) fn with_data<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
-            return f(&v[a..b]);
-        }
+    if t.is_contiguous() && t.dtype() == candle_core::DType::F32 && t.device().is_cpu() {
+        return crate::train::optim::with_f32(t, f).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
     }
     f(&tensor_vec(t)?)
 }
