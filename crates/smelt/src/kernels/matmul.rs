@@ -249,6 +249,7 @@ pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
                                     GgmlType::Q4_1 => xp::tile::<{ xp::Q4_1 }, $h>(w, nb, a, yp, n, live),
                                     GgmlType::Q8_0 => xp::tile::<{ xp::Q8_0 }, $h>(w, nb, a, yp, n, live),
                                     GgmlType::Q4_K => xp::tile::<{ xp::Q4_K }, $h>(w, nb, a, yp, n, live),
+                                    GgmlType::Q6_K => xp::tile::<{ xp::Q6_K }, $h>(w, nb, a, yp, n, live),
                                     t => unreachable!("no packed kernel for {t}"),
                                 }
                             }};

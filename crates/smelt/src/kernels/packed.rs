@@ -4,30 +4,37 @@
 //! accumulate in one vector per activation row: no horizontal sums, no shuffles, and every
 //! unpacked weight vector serves all the activation rows of a tile (12 in prefill).
 //!
-//! Types: Q4_0, Q4_1, Q8_0 and Q4_K (its sub-blocks of 32 are blocks here, with scale
-//! `d·sc` and offset `−dmin·m`, see [`pack_q4k_row`]), so one kernel shape serves all four.
+//! Types: Q4_0, Q4_1, Q8_0, Q4_K (its sub-blocks of 32 are blocks here, with scale `d·sc`
+//! and offset `−dmin·m`) and Q6_K (a block of 32 is two of its sub-blocks of 16, with a
+//! scale `d·sc` each and offset `−32`), so one kernel shape serves all five.
 //! A group holds the bytes of its 16 file rows, reordered (Q4_K's 6-bit scales and mins
 //! spread to a byte each: 3% more); rows past the matrix's end are zero (scale 0). The
 //! file's pages are released once a tensor is packed, so the model is resident once
 //! ([`QWeight::packed`](super::QWeight)).
 //!
 //! Group layout (`nb` blocks of 32 values per row; `QB` quant bytes per row and block: 16
-//! for the 4-bit types, 32 for Q8_0):
+//! for the 4-bit types, 32 for Q8_0, 24 for Q6_K):
 //! - quants: block `b` at `b·16·QB`, chunk `c` (4 bytes of each row) at `+ 64c`, row `i`
 //!   at `+ 4i`:
 //!   - Q4_0 / Q4_1 / Q4_K: byte `e` of chunk `c` (c < 4) holds value `4c + e` of the block
 //!     in its low nibble and value `16 + 4c + e` in its high nibble (ggml's Q4_0 order);
 //!   - Q8_0: chunk `c` (c < 8) is values `4c..4c + 4`, each `q ^ 0x80` (`q + 128`, unsigned,
 //!     as `vpdpbusd` wants);
+//!   - Q6_K: chunks 0–3 hold the low 4 bits of the 6-bit values as Q4_0 does; chunk 4 holds
+//!     the 2 high bits of the first sub-block's values (byte `e`, bits `2c..2c + 2`: value
+//!     `4c + e`), chunk 5 those of the second (value `16 + 4c + e`);
 //! - then the fields, from `F = nb·16·QB`, 16 rows each:
 //!   - Q4_0, Q8_0: `d` (f16) of block `b` at `F + 32b`;
 //!   - Q4_1: `d` as Q4_0, `m` (f16) at `F + 32·nb + 32b`;
 //!   - Q4_K: `sc` (u8) at `F + 16b`, `m` (u8) at `F + 16·nb + 16b`, then per super-block `s`
-//!     `d` (f16) at `F + 32·nb + 32s` and `dmin` (f16) at `F + 32·nb + 32·nb/8 + 32s`.
+//!     `d` (f16) at `F + 32·nb + 32s` and `dmin` (f16) at `F + 32·nb + 32·nb/8 + 32s`;
+//!   - Q6_K: the scales (i8) of block `b`'s two sub-blocks at `F + 32b` and `F + 32b + 16`,
+//!     then per super-block `s` `d` (f16) at `F + 32·nb + 32s`.
 //!
 //! Activations ([`PActs`]) are quantized exactly as [`ActFormat::B32`] (so integer sums
 //! equal the reference kernels'), row after row, with each block's integer start value
-//! (`−8·Σq` for Q4_0, `−128·Σq` for the flipped Q8_0 quants) beside its scale and sum.
+//! (`−8·Σq` for Q4_0, `−128·Σq` for the flipped Q8_0 quants, `−32·Σq` over each half for
+//! Q6_K) beside its scale and sum.
 //!
 //! [`ActFormat::B32`]: super::quant::ActFormat
 
@@ -39,13 +46,19 @@ pub const RG: usize = 16;
 
 /// Whether `t` has a packed layout.
 pub fn supports(t: GgmlType) -> bool {
-    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K)
+    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K)
+}
+
+/// Whether `t`'s rows are packed in whole super-blocks of 256 (8 blocks of 32).
+fn super_blocks(t: GgmlType) -> bool {
+    matches!(t, GgmlType::Q4_K | GgmlType::Q6_K)
 }
 
 /// Quant bytes per row and block of 32.
 fn quant_bytes(t: GgmlType) -> usize {
     match t {
         GgmlType::Q8_0 => 32,
+        GgmlType::Q6_K => 24,
         _ => 16,
     }
 }
@@ -60,6 +73,7 @@ fn field_bytes(t: GgmlType, nb: usize) -> usize {
     match t {
         GgmlType::Q4_1 => 64 * nb,
         GgmlType::Q4_K => 32 * nb + 64 * (nb / 8),
+        GgmlType::Q6_K => 32 * nb + 32 * (nb / 8),
         _ => 32 * nb,
     }
 }
@@ -91,7 +105,7 @@ struct RowParts {
     quants: Vec<u8>,
     /// f16 bytes: Q4_0 / Q8_0 `d`, Q4_1 `d` then `m` (2 per block); Q4_K per super-block `d`, `dmin`.
     halves: Vec<[u8; 2]>,
-    /// Q4_K: per block its 6-bit scale and min.
+    /// Q4_K: per block its 6-bit scale and min; Q6_K: its two sub-blocks' scales (i8 bits).
     scmin: Vec<(u8, u8)>,
 }
 
@@ -113,6 +127,22 @@ fn row_parts(t: GgmlType, src: &[u8], nb: usize) -> RowParts {
         }
         return p;
     }
+    if t == GgmlType::Q6_K {
+        for blk in src.chunks_exact(210) {
+            p.halves.push([blk[208], blk[209]]);
+            let v = q6k_values(blk);
+            for b in 0..8 {
+                p.scmin.push((blk[192 + 2 * b], blk[192 + 2 * b + 1]));
+                let v = &v[32 * b..32 * b + 32];
+                p.quants.extend((0..16).map(|i| (v[i] & 15) | ((v[i + 16] & 15) << 4)));
+                // The 2 high bits: value 4c + e of a half in byte e, bits 2c..2c + 2.
+                for half in 0..2 {
+                    p.quants.extend((0..4).map(|e| (0..4).fold(0u8, |h, c| h | ((v[16 * half + 4 * c + e] >> 4) << (2 * c)))));
+                }
+            }
+        }
+        return p;
+    }
     let q0 = if t == GgmlType::Q4_1 { 4 } else { 2 };
     for blk in src.chunks_exact(t.type_size()) {
         p.halves.push([blk[0], blk[1]]);
@@ -125,9 +155,58 @@ fn row_parts(t: GgmlType, src: &[u8], nb: usize) -> RowParts {
     p
 }
 
+/// The 256 six-bit values (0..64, unsigned) of a Q6_K block, in order: sub-block `j` (scale
+/// `scales[j]`) is values `16j..16j + 16` (ggml's `dequantize_row_q6_K`).
+fn q6k_values(blk: &[u8]) -> [u8; 256] {
+    let mut v = [0u8; 256];
+    for h in 0..2 {
+        let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..128 + 32 * h + 32]);
+        for l in 0..32 {
+            let o = &mut v[128 * h..];
+            o[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
+            o[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
+            o[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            o[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    v
+}
+
+/// [`q6k_values`] backwards: the 192 quant bytes (`ql`, `qh`) of a Q6_K block.
+fn q6k_quants(v: &[u8; 256], out: &mut [u8]) {
+    for h in 0..2 {
+        let o = &v[128 * h..];
+        for l in 0..32 {
+            out[64 * h + l] = (o[l] & 15) | ((o[l + 64] & 15) << 4);
+            out[64 * h + l + 32] = (o[l + 32] & 15) | ((o[l + 96] & 15) << 4);
+            out[128 + 32 * h + l] = (o[l] >> 4) | ((o[l + 32] >> 4) << 2) | ((o[l + 64] >> 4) << 4) | ((o[l + 96] >> 4) << 6);
+        }
+    }
+}
+
 /// [`row_parts`] backwards: the file row.
 fn row_from_parts(t: GgmlType, p: &RowParts, nb: usize) -> Vec<u8> {
     let qb = quant_bytes(t);
+    if t == GgmlType::Q6_K {
+        let mut out = vec![0u8; nb / 8 * 210];
+        for (sb, blk) in out.chunks_exact_mut(210).enumerate() {
+            let mut v = [0u8; 256];
+            for b in 0..8 {
+                let q = &p.quants[(8 * sb + b) * 24..(8 * sb + b + 1) * 24];
+                for i in 0..32 {
+                    let (e, c) = (i % 4, (i % 16) / 4);
+                    let low = (q[i % 16] >> (4 * (i / 16))) & 15;
+                    v[32 * b + i] = low | (((q[16 + 4 * (i / 16) + e] >> (2 * c)) & 3) << 4);
+                }
+                let (a, c) = p.scmin[8 * sb + b];
+                blk[192 + 2 * b] = a;
+                blk[193 + 2 * b] = c;
+            }
+            q6k_quants(&v, blk);
+            blk[208..210].copy_from_slice(&p.halves[sb]);
+        }
+        return out;
+    }
     if t == GgmlType::Q4_K {
         let mut out = vec![0u8; nb / 8 * 144];
         for (sb, blk) in out.chunks_exact_mut(144).enumerate() {
@@ -167,7 +246,7 @@ fn row_from_parts(t: GgmlType, p: &RowParts, nb: usize) -> Vec<u8> {
 impl Packed {
     /// Pack `rows` rows of `nb` blocks of `t` from ggml bytes (`data`, rows back to back).
     pub fn new(t: GgmlType, data: &[u8], rows: usize, nb: usize) -> Packed {
-        assert!(supports(t) && (t != GgmlType::Q4_K || nb.is_multiple_of(8)));
+        assert!(supports(t) && (!super_blocks(t) || nb.is_multiple_of(8)));
         let rb = ggml_row_bytes(t, nb);
         assert_eq!(data.len(), rows * rb);
         let qb = quant_bytes(t);
@@ -197,6 +276,15 @@ impl Packed {
                         let (d, dmin) = (f + 32 * nb + 32 * sb + 2 * i, f + 32 * nb + 32 * (nb / 8) + 32 * sb + 2 * i);
                         dst[d..d + 2].copy_from_slice(&p.halves[2 * sb]);
                         dst[dmin..dmin + 2].copy_from_slice(&p.halves[2 * sb + 1]);
+                    }
+                }
+                GgmlType::Q6_K => {
+                    for (b, &(sa, sb)) in p.scmin.iter().enumerate() {
+                        dst[f + 32 * b + i] = sa;
+                        dst[f + 32 * b + 16 + i] = sb;
+                    }
+                    for (s, d) in p.halves.iter().enumerate() {
+                        dst[f + 32 * nb + 32 * s + 2 * i..f + 32 * nb + 32 * s + 2 * i + 2].copy_from_slice(d);
                     }
                 }
                 GgmlType::Q4_1 => {
@@ -252,6 +340,10 @@ impl Packed {
                     p.halves.push(half(f + 32 * nb + 32 * (nb / 8) + 32 * sb + 2 * i));
                 }
             }
+            GgmlType::Q6_K => {
+                p.scmin = (0..nb).map(|b| (src[f + 32 * b + i], src[f + 32 * b + 16 + i])).collect();
+                p.halves = (0..nb / 8).map(|s| half(f + 32 * nb + 32 * s + 2 * i)).collect();
+            }
             GgmlType::Q4_1 => {
                 for b in 0..nb {
                     p.halves.push(half(f + 32 * b + 2 * i));
@@ -270,8 +362,8 @@ pub const PANEL: usize = 12;
 
 /// Activations for the packed kernels: `m` rows of `k` values quantized as
 /// [`ActFormat::B32`](super::quant::ActFormat), with per block its scale `d`, its sum
-/// `s = d·Σq`, and the integer start values `−8·Σq` (Q4_0) and `−128·Σq` (Q8_0's flipped
-/// quants), exact in i32.
+/// `s = d·Σq`, and the integer start values `−8·Σq` (Q4_0), `−128·Σq` (Q8_0's flipped
+/// quants) and `−32·Σq` over each half of 16 (Q6_K's sub-blocks), exact in i32.
 ///
 /// Laid out in panels of [`PANEL`] rows: block `b` of row `i` (panel `p = i / 12`, place
 /// `r = i % 12`) is slot `(p·nb + b)·12 + r`: its 32 quants at `32·slot`, its fields at `slot`.
@@ -284,6 +376,8 @@ pub struct PActs {
     pub s: Vec<f32>,
     pub isum8: Vec<i32>,
     pub isum128: Vec<i32>,
+    /// `−32·Σq` over values 0..16 and 16..32 of the block.
+    pub isum32: Vec<[i32; 2]>,
     /// Scratch for one row in the plain B32 layout (kept between calls).
     plain: Plain,
 }
@@ -306,7 +400,7 @@ impl Plain {
 }
 
 /// One panel's slots of each [`PActs`] field.
-type PanelParts<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32], &'a mut [i32], &'a mut [i32]);
+type PanelParts<'a> = (&'a mut [i8], &'a mut [f32], &'a mut [f32], &'a mut [i32], &'a mut [i32], &'a mut [[i32; 2]]);
 
 /// One activation row's pointers at block 0, as the kernels take them: block `b` is
 /// `b·PANEL` slots further on, the next row of the panel one slot.
@@ -317,6 +411,7 @@ pub struct PActRow {
     pub s: *const f32,
     pub isum8: *const i32,
     pub isum128: *const i32,
+    pub isum32: *const [i32; 2],
 }
 
 impl PActs {
@@ -333,10 +428,11 @@ impl PActs {
         self.s.resize(slots, 0.0);
         self.isum8.resize(slots, 0);
         self.isum128.resize(slots, 0);
+        self.isum32.resize(slots, [0; 2]);
         let ps = PANEL * nb; // slots per panel
         // Panel p: its rows quantized in the plain layout (`plain`: one row's quants, scales
         // and sums), then spread to their slots.
-        let panel = |plain: &mut Plain, p: usize, (qs, d, s, i8s, i128s): PanelParts<'_>| {
+        let panel = |plain: &mut Plain, p: usize, (qs, d, s, i8s, i128s, i32s): PanelParts<'_>| {
             plain.fit(k);
             for r in 0..PANEL.min(m - p * PANEL) {
                 let i = p * PANEL + r;
@@ -344,25 +440,29 @@ impl PActs {
                 for (b, qb) in plain.q.chunks_exact(QK).enumerate() {
                     let at = b * PANEL + r;
                     qs[at * QK..(at + 1) * QK].copy_from_slice(qb);
-                    let sum: i32 = qb.iter().map(|&v| v as i32).sum();
+                    let lo: i32 = qb[..16].iter().map(|&v| v as i32).sum();
+                    let hi: i32 = qb[16..].iter().map(|&v| v as i32).sum();
                     d[at] = plain.d[b];
                     s[at] = plain.s[b];
-                    i8s[at] = -8 * sum;
-                    i128s[at] = -128 * sum;
+                    i8s[at] = -8 * (lo + hi);
+                    i128s[at] = -128 * (lo + hi);
+                    i32s[at] = [-32 * lo, -32 * hi];
                 }
             }
         };
         if m * k >= 1 << 16 {
             // Prefill: one task per panel, each with its own row scratch.
-            (self.qs.par_chunks_mut(ps * QK), self.d.par_chunks_mut(ps), self.s.par_chunks_mut(ps), self.isum8.par_chunks_mut(ps), self.isum128.par_chunks_mut(ps))
+            let sums = (self.isum8.par_chunks_mut(ps), self.isum128.par_chunks_mut(ps), self.isum32.par_chunks_mut(ps));
+            (self.qs.par_chunks_mut(ps * QK), self.d.par_chunks_mut(ps), self.s.par_chunks_mut(ps), sums)
                 .into_par_iter()
                 .enumerate()
-                .for_each_init(Plain::default, |plain, (p, part)| panel(plain, p, part));
+                .for_each_init(Plain::default, |plain, (p, (qs, d, s, (i8s, i128s, i32s)))| panel(plain, p, (qs, d, s, i8s, i128s, i32s)));
         } else {
             // Decode and small products: on this thread, with the kept scratch (no allocation).
-            let parts = self.qs.chunks_mut(ps * QK).zip(self.d.chunks_mut(ps)).zip(self.s.chunks_mut(ps)).zip(self.isum8.chunks_mut(ps)).zip(self.isum128.chunks_mut(ps));
-            for (p, ((((qs, d), s), i8s), i128s)) in parts.enumerate() {
-                panel(&mut self.plain, p, (qs, d, s, i8s, i128s));
+            let sums = self.isum8.chunks_mut(ps).zip(self.isum128.chunks_mut(ps)).zip(self.isum32.chunks_mut(ps));
+            let parts = self.qs.chunks_mut(ps * QK).zip(self.d.chunks_mut(ps)).zip(self.s.chunks_mut(ps)).zip(sums);
+            for (p, (((qs, d), s), ((i8s, i128s), i32s))) in parts.enumerate() {
+                panel(&mut self.plain, p, (qs, d, s, i8s, i128s, i32s));
             }
         }
     }
@@ -381,6 +481,7 @@ impl PActs {
             s: self.s[at..].as_ptr(),
             isum8: self.isum8[at..].as_ptr(),
             isum128: self.isum128[at..].as_ptr(),
+            isum32: self.isum32[at..].as_ptr(),
         }
     }
 }
@@ -405,6 +506,26 @@ pub fn dot_ref(p: &Packed, r: usize, acts: &PActs, i: usize) -> f32 {
         }
     };
     let mut y = 0f32;
+    if t == GgmlType::Q6_K {
+        // Two sub-blocks of 16 per block, each `d·sc·(q − 32)`.
+        for b in 0..nb {
+            let byte = |e: usize| w[b * RG * qb + 64 * (e / 4) + 4 * lane + e % 4];
+            let d = f16(f + 32 * nb + 32 * (b / 8) + 2 * lane);
+            let at = acts.slot(i, b);
+            for half in 0..2 {
+                let mut sum = 0i32;
+                for v in 16 * half..16 * half + 16 {
+                    let (e, c) = (v % 4, (v % 16) / 4);
+                    let low = (byte(v % 16) >> (4 * half)) & 15;
+                    let high = (byte(16 + 4 * half + e) >> (2 * c)) & 3;
+                    sum += ((low | (high << 4)) as i32 - 32) * acts.qs[at * QK + v] as i32;
+                }
+                let sc = w[f + 32 * b + 16 * half + lane] as i8 as f32;
+                y += d * sc * acts.d[at] * sum as f32;
+            }
+        }
+        return y;
+    }
     for b in 0..nb {
         let byte = |e: usize| w[b * RG * qb + 64 * (e / 4) + 4 * lane + e % 4];
         let mut sum = 0i32;

@@ -212,10 +212,10 @@ fn results_do_not_depend_on_the_batch() {
 fn packed_kernels_match_scalar_reference() {
     use super::packed::{self, Packed};
     let mut rng = Rng::new(7);
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
-        // nb (blocks of 32): one block, odd counts, SmolLM2's 576 (18), 70, 176; Q4_K in
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        // nb (blocks of 32): one block, odd counts, SmolLM2's 576 (18), 70, 176; K-quants in
         // whole super-blocks. Rows: part of a group of 16, one group and one row, 37.
-        let sizes: &[usize] = if t == GgmlType::Q4_K { &[8, 16, 24, 72, 176] } else { &[1, 7, 16, 17, 18, 20, 28, 70, 176] };
+        let sizes: &[usize] = if t.block_size() == 256 { &[8, 16, 24, 72, 176] } else { &[1, 7, 16, 17, 18, 20, 28, 70, 176] };
         for &nb in sizes {
             let k = nb * 32;
             let n = [9, 17, 37][nb % 3];
@@ -267,8 +267,8 @@ fn packed_results_do_not_depend_on_the_batch() {
         return; // nothing is packed on this CPU (the scalar oracle is tested above)
     }
     let mut rng = Rng::new(8);
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
-        let (m, n, k) = (19, 21, if t == GgmlType::Q4_K { 2304 } else { 74 * 32 });
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let (m, n, k) = (19, 21, if t.block_size() == 256 { 2304 } else { 74 * 32 });
         let w = QWeight::from_vec(random_blocks(&mut rng, t, n, k, 0.1), t, n, k).unwrap().packed();
         let mut x = random_acts(&mut rng, m * k);
         let mut batch = vec![0f32; m * n];

@@ -19,6 +19,7 @@ pub const Q4_0: u8 = 0;
 pub const Q4_1: u8 = 1;
 pub const Q8_0: u8 = 2;
 pub const Q4_K: u8 = 3;
+pub const Q6_K: u8 = 4;
 
 /// One tile: the 16 rows of the packed group at `w` (`nb` blocks) against `R` consecutive
 /// activation rows of one panel starting at `a`; `y[r·ldy + i]` gets weight row `i` ·
@@ -31,6 +32,9 @@ pub const Q4_K: u8 = 3;
 /// and `live ≤ 16` columns.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut f32, ldy: usize, live: usize) {
+    if T == Q6_K {
+        return tile_q6k::<R>(w, nb, a, y, ldy, live);
+    }
     let qb = if T == Q8_0 { 32 } else { 16 };
     let f = nb * RG * qb; // the fields
     let low = _mm512_set1_epi8(0x0F);
@@ -86,6 +90,61 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), sc, *acc);
             if T == Q4_1 || T == Q4_K {
                 *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(*a.s.add(slot + r)), *acc);
+            }
+        }
+    }
+    let mask: __mmask16 = if live >= RG { !0 } else { (1u16 << live) - 1 };
+    for (r, acc) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(y.add(r * ldy), mask, *acc);
+    }
+}
+
+/// [`tile`] for Q6_K: per block two sub-blocks of 16 values, `d·sc·(q − 32)` each. A half's
+/// 6-bit values are its nibbles (low or high) with 2 bits from its own high-bit vector
+/// (chunk `c`'s at bits `2c..2c + 2`) moved to bits 4–5. The halves run one after the
+/// other, so the tile holds `R` integer sums at a time (12 rows fit in the registers).
+///
+/// # Safety
+/// As [`tile`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_q6k<const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut f32, ldy: usize, live: usize) {
+    const QB: usize = 24;
+    let f = nb * RG * QB;
+    let low = _mm512_set1_epi8(0x0F);
+    let bits45 = _mm512_set1_epi8(0x30);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let bcast = |q: *const i8, r: usize, e: usize| _mm512_set1_epi32((q.add(r * 32 + e) as *const i32).read_unaligned());
+    for b in 0..nb {
+        let wq = w.add(b * RG * QB);
+        for l in 0..RG * QB / 64 {
+            _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PF + 64 * l) as *const i8);
+        }
+        let slot = b * PANEL;
+        let q = a.qs.add(slot * 32);
+        let d = _mm512_cvtph_ps(_mm256_load_si256(w.add(f + 32 * nb + 32 * (b / 8)) as *const __m256i));
+        for half in 0..2 {
+            let h = _mm512_load_si512(wq.add(64 * (4 + half)) as *const _);
+            let mut s: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32((*a.isum32.add(slot + r))[half]));
+            for c in 0..4 {
+                let x = _mm512_load_si512(wq.add(64 * c) as *const _);
+                let nib = if half == 0 { _mm512_and_si512(x, low) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(x), low) };
+                // Bits 2c, 2c+1 of each byte to bits 4, 5 (16-bit shifts: the mask drops what crossed bytes).
+                let hb = match c {
+                    0 => _mm512_slli_epi16::<4>(h),
+                    1 => _mm512_slli_epi16::<2>(h),
+                    2 => h,
+                    _ => _mm512_srli_epi16::<2>(h),
+                };
+                let v = _mm512_or_si512(nib, _mm512_and_si512(hb, bits45));
+                for (r, s) in s.iter_mut().enumerate() {
+                    *s = _mm512_dpbusd_epi32(*s, v, bcast(q, r, 16 * half + 4 * c));
+                }
+            }
+            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(w.add(f + 32 * b + 16 * half) as *const __m128i)));
+            let wd = _mm512_mul_ps(sc, d);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*a.d.add(slot + r)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), scale, *acc);
             }
         }
     }
