@@ -55,5 +55,12 @@ fn main() {
     let t0 = Instant::now();
     for _ in 0..reps { w.matmul_into(&x, m, &mut y).unwrap(); }
     let s = t0.elapsed().as_secs_f64() / reps as f64;
-    println!("{t} n={n} k={k} m={m} th={th} packed={}: {:.3} ms, {:.1} GMAC/s", w.packed_view().is_some(), s * 1e3, (m * n * k) as f64 / s / 1e9);
+    let bytes = (n * k / t.block_size() * t.type_size()) as f64;
+    println!(
+        "{t} n={n} k={k} m={m} th={th} packed={}: {:.3} ms, {:.1} GMAC/s, weights {:.1} GB/s",
+        w.packed_view().is_some(),
+        s * 1e3,
+        (m * n * k) as f64 / s / 1e9,
+        bytes / s / 1e9
+    );
 }
