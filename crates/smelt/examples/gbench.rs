@@ -27,6 +27,12 @@ fn main() {
         let s = time(20, || f32x512::matmul(&mut y, Mat::rows(&x, m, k), Mat::rows(&w, k, n), 1.0, false, true));
         println!("f32 AVX-512 (packing B included) m={m} k={k} n={n}: {:.3} ms, {:.1} GMAC/s", s * 1e3, gmacs(s));
     }
+    {
+        let s = time(20, || smelt::train::kernels::gemm::matmul_par(&mut y, Mat::rows(&x, m, k), Mat::rows(&w, k, n), 1.0, false));
+        println!("matmul_par m={m} k={k} n={n}: {:.3} ms, {:.1} GMAC/s", s * 1e3, gmacs(s));
+        let s = time(20, || smelt::train::kernels::gemm::matmul_par(&mut y, Mat::rows(&x, k, m).t(), Mat::rows(&w, k, n), 1.0, false));
+        println!("matmul_par Aᵀ m={m} k={k} n={n}: {:.3} ms, {:.1} GMAC/s", s * 1e3, gmacs(s));
+    }
     if bf16::available() {
         let (pa, pb) = (bf16::pack_a(Mat::rows(&x, m, k)), bf16::pack_b(Mat::rows(&w, k, n)));
         let s = time(20, || bf16::matmul_packed(&mut y, &pa, &pb, 1.0, false));

@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use super::packed::{PActs, Packed};
+use std::mem::MaybeUninit;
 use super::quant::{ActFormat, ActRow, QActs};
 use super::{dot_scalar, Isa, QWeight};
 use crate::load::gguf::GgmlType;
@@ -210,7 +211,7 @@ thread_local! {
 /// a task each panel (12 rows × k quants, in L1) meets every group of the run, whose bytes
 /// stay in L2 between panels. Decode (one panel) splits the groups evenly over the threads.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
+pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [MaybeUninit<f32>]) {
     use super::packed::{PANEL, RG};
     use super::x86::packed as xp;
     let (n, nb) = (p.rows, p.nb);
@@ -221,7 +222,7 @@ pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
     let (ng, np) = (p.groups(), m.div_ceil(PANEL));
     let plan = Plan::new(m * n * k, ng, np, p.gstride, TASK_GROUP_BYTES, 1);
     let (gw, n_w, pa) = (plan.wr, plan.n_w, plan.ga);
-    let out = OutPtr(y.as_mut_ptr());
+    let out = OutPtr(y.as_mut_ptr() as *mut f32);
     let shared = &acts;
     let base = p.bytes().as_ptr() as usize;
     let gstride = p.gstride;
@@ -272,8 +273,9 @@ pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [f32]) {
 }
 
 /// `y (m, n) = x (m, k) · Wᵀ` with `W: (n, k)` quantized. Sizes are checked by the caller
-/// ([`QWeight::matmul_into`]); `isa` must be available.
-pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f32]) {
+/// ([`QWeight::matmul_into`]); `isa` must be available. Every element of `y` is written (so
+/// `y` may start uninitialized: [`QWeight::matmul_vec`]).
+pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [MaybeUninit<f32>]) {
     let (n, k) = (w.rows(), w.cols());
     debug_assert!(x.len() == m * k && y.len() == m * n);
     if m == 0 || n == 0 {
@@ -297,7 +299,7 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [f
     let groups = m.div_ceil(GROUP);
     let Plan { threads, wr, n_w, ga, n_a } = Plan::new(m * n * k, n, groups, row_bytes, TASK_WEIGHT_BYTES, 4);
 
-    let out = OutPtr(y.as_mut_ptr());
+    let out = OutPtr(y.as_mut_ptr() as *mut f32);
     let shared = &acts;
     let task = |t: usize| {
         let (tw, ta) = (t % n_w, t / n_w);

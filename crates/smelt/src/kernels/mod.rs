@@ -191,7 +191,7 @@ impl QWeight {
     pub fn backward_int8(&self, dy: &[f32], m: usize, dx: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = self.transposed_int8() {
-            matmul::packed_matmul(t, &dy[..m * self.rows], m, &mut dx[..m * self.cols]);
+            matmul::packed_matmul(t, &dy[..m * self.rows], m, as_uninit(&mut dx[..m * self.cols]));
             return true;
         }
         let _ = (dy, m, dx);
@@ -303,14 +303,50 @@ impl QWeight {
                 self.rows
             );
         }
-        matmul::matmul_into(isa, self, x, m, y);
+        matmul::matmul_into(isa, self, x, m, as_uninit(y));
         Ok(())
+    }
+
+    /// `x (m, cols) · Wᵀ` into a new `(m, rows)` vector, which the kernels fill without
+    /// zeroing it first (a fresh output's zero fill was ~5% of a LoRA step).
+    pub fn matmul_vec(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if x.len() != m * self.cols {
+            bail!("quantized matmul sizes: x has {} values for ({m}, {})", x.len(), self.cols);
+        }
+        let n = m * self.rows;
+        let mut y = Vec::with_capacity(n);
+        matmul::matmul_into(Isa::current(), self, x, m, &mut y.spare_capacity_mut()[..n]);
+        // SAFETY: `matmul_into` wrote all `n` elements (its contract).
+        unsafe { y.set_len(n) };
+        Ok(y)
+    }
+
+    /// [`Self::backward_int8`] into a new `(m, cols)` vector (not zeroed first); `None`
+    /// where there is no transposed copy.
+    pub fn backward_int8_vec(&self, dy: &[f32], m: usize) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = self.transposed_int8() {
+            let n = m * self.cols;
+            let mut dx = Vec::with_capacity(n);
+            matmul::packed_matmul(t, &dy[..m * self.rows], m, &mut dx.spare_capacity_mut()[..n]);
+            // SAFETY: the packed product writes every output element.
+            unsafe { dx.set_len(n) };
+            return Some(dx);
+        }
+        let _ = (dy, m);
+        None
     }
 
     /// `x: (..., cols) f32 → (..., rows)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
     }
+}
+
+/// `y` as a slice of possibly uninitialized values, for the kernels that only write it.
+fn as_uninit(y: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: same layout; the kernels only store initialized values into it.
+    unsafe { &mut *(y as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }
 
 /// Bytes of transposed int8 weight copies ([`QWeight::transposed_int8`]) a process may
@@ -340,8 +376,7 @@ impl CustomOp1 for QWeight {
             candle_core::bail!("quantized matmul needs a contiguous input")
         };
         let m: usize = lead.iter().product();
-        let mut y = vec![0f32; m * self.rows];
-        matmul::matmul_into(Isa::current(), self, &data[start..end], m, &mut y);
+        let y = self.matmul_vec(&data[start..end], m).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
         let mut out = lead.to_vec();
         out.push(self.rows);
         Ok((CpuStorage::F32(y), Shape::from(out)))

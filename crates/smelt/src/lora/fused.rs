@@ -54,6 +54,30 @@ impl Frozen {
         }
     }
 
+    /// [`Self::forward`] into a new `y` (a quantized product fills it without a zero fill).
+    fn forward_vec(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        match self {
+            Frozen::Quant(q) => q.matmul_vec(x, m).map_err(|e| candle_core::Error::Msg(format!("{e:#}"))),
+            Frozen::Dense(_) => {
+                let mut y = vec![0f32; m * self.dims().0];
+                self.forward(x, m, &mut y)?;
+                Ok(y)
+            }
+        }
+    }
+
+    /// [`Self::backward`] into a new `dx` (the int8 product fills it without a zero fill).
+    fn backward_vec(&self, dy: &[f32], m: usize, mode: Backward) -> Result<Vec<f32>> {
+        match self {
+            Frozen::Quant(q) => Ok(crate::train::kernels::frozen::quant_backward_vec(q, dy, m, mode)),
+            Frozen::Dense(_) => {
+                let mut dx = vec![0f32; m * self.dims().1];
+                self.backward(dy, m, &mut dx, mode)?;
+                Ok(dx)
+            }
+        }
+    }
+
     /// `dx (m × cols) = dy (m × rows) · W` (quantized: in the precision `mode`).
     fn backward(&self, dy: &[f32], m: usize, dx: &mut [f32], mode: Backward) -> Result<()> {
         let (rows, cols) = self.dims();
@@ -161,8 +185,7 @@ impl CustomOp3 for LoraLinear {
         }
         let (x, a, b) = (f32_data(xs, xl, "lora")?, f32_data(as_, al, "lora")?, f32_data(bs, bl, "lora")?);
         let m: usize = lead.iter().product();
-        let mut y = vec![0f32; m * n];
-        self.w.forward(x, m, &mut y)?;
+        let mut y = self.w.forward_vec(x, m)?;
         let xd = self.dropped(x);
         let mut h = vec![0f32; m * r];
         matmul_par(&mut h, Mat::rows(xd.as_deref().unwrap_or(x), m, k), Mat::rows(a, r, k).t(), 1.0, false);
@@ -202,8 +225,7 @@ impl LoraLinear {
         matmul_par(&mut dh, Mat::rows(dyv, m, n), Mat::rows(bv, n, r), self.scale, false);
         let mut da = vec![0f32; r * k];
         matmul_par(&mut da, Mat::rows(&dh, m, r).t(), Mat::rows(xd, m, k), 1.0, false);
-        let mut dx = vec![0f32; m * k];
-        self.w.backward(dyv, m, &mut dx, self.mode)?;
+        let mut dx = self.w.backward_vec(dyv, m, self.mode)?;
         if self.dropout > 0.0 {
             let mut dxd = vec![0f32; m * k];
             matmul_par(&mut dxd, Mat::rows(&dh, m, r), Mat::rows(av, r, k), 1.0, false);

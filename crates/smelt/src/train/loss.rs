@@ -146,13 +146,21 @@ impl candle_core::CustomOp1 for FrozenHeadCrossEntropy {
         // Blocks of about 64 MiB of logits: each block dequantizes the head once more in
         // the backward product, so blocks are as large as memory comfortably allows.
         let block = ((16 << 20) / vocab.max(1)).clamp(32, 1024);
-        let mut logits = vec![0f32; block.min(n) * vocab];
+        let mut logits: Vec<f32> = Vec::new();
         let mut dh = if self.want_grad { vec![0f32; n * d] } else { Vec::new() };
         let mut total = 0f64;
+        let err = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
         for r0 in (0..n).step_by(block) {
             let rows = block.min(n - r0);
+            let hc = &h[r0 * d..(r0 + rows) * d];
+            // The first (largest) block's logits are a new buffer the kernel fills (no zero
+            // fill of ~64 MiB); later blocks reuse it.
+            if r0 == 0 {
+                logits = self.w.matmul_vec(hc, rows).map_err(err)?;
+            } else {
+                self.w.matmul_into(hc, rows, &mut logits[..rows * vocab]).map_err(err)?;
+            }
             let lg = &mut logits[..rows * vocab];
-            self.w.matmul_into(&h[r0 * d..(r0 + rows) * d], rows, lg).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
             total += ce_block(lg, vocab, &self.targets[r0..r0 + rows], inv, self.want_grad);
             if self.want_grad {
                 super::kernels::frozen::quant_backward(&self.w, lg, rows, &mut dh[r0 * d..(r0 + rows) * d], self.mode);

@@ -65,6 +65,18 @@ pub fn backward_mode() -> Backward {
     }
 }
 
+/// [`quant_backward`] into a new `dx`: the int8 product fills it without a zero fill first.
+pub fn quant_backward_vec(q: &QWeight, dy: &[f32], m: usize, mode: Backward) -> Vec<f32> {
+    if mode == Backward::Int8 {
+        if let Some(dx) = q.backward_int8_vec(dy, m) {
+            return dx;
+        }
+    }
+    let mut dx = vec![0f32; m * q.cols()];
+    quant_backward(q, dy, m, &mut dx, mode);
+    dx
+}
+
 /// `dx (m × cols) = dy (m × rows) · W` for a quantized `W (rows × cols)` in the precision
 /// `mode`: int8 through `Wᵀ`, or band by band (bf16 products when asked and available).
 pub fn quant_backward(q: &QWeight, dy: &[f32], m: usize, dx: &mut [f32], mode: Backward) {
@@ -114,18 +126,14 @@ impl CustomOp1 for FrozenQuant {
         }
         let x = f32_data(s, l, "frozen linear")?;
         let m: usize = lead.iter().product();
-        let mut y = vec![0f32; m * rows];
-        self.w.matmul_into(x, m, &mut y).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        let y = self.w.matmul_vec(x, m).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
         Ok((CpuStorage::F32(y), out_shape(lead, rows)))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let (rows, cols) = (self.w.rows(), self.w.cols());
+        let rows = self.w.rows();
         let dx = super::with_data(dy, |dyv| {
-            let m = dyv.len() / rows;
-            let mut dx = vec![0f32; m * cols];
-            quant_backward(&self.w, dyv, m, &mut dx, self.mode);
-            Ok(dx)
+            Ok(quant_backward_vec(&self.w, dyv, dyv.len() / rows, self.mode))
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }

@@ -47,10 +47,16 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool, pa
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert!(dst.len() >= m * n);
-    // A narrow product (n below the kernel's 32 columns, e.g. `x · Aᵀ` of a rank-8 LoRA
-    // adapter) would leave most of each tile's lanes idle: compute `Cᵀ = Bᵀ · Aᵀ` instead,
-    // whose n rows fill the kernel's 8-row tiles and whose m columns its lanes.
-    if n < 32 && m >= 64 && m * n * k >= 1 << 15 && super::f32x512::available() {
+    // An output under 16 rows or columns (a rank-r LoRA product: `x · Aᵀ`, `dhᵀ · x`,
+    // `dyᵀ · h`) goes to the gemm crate: the AVX-512 kernel would pack (copy) the large
+    // operand whole for a product that reads it once, and the pack cost more than the
+    // product (`gbench`, 2 threads: (8, 1024, 1536) 1.10 → 0.64 ms, (1536, 1024, 8) 1.23 →
+    // 0.40 ms, (1024, 576, 8) 0.52 → 0.17 ms).
+    let narrow = m < 16 || n < 16;
+    // A product of 16–31 columns would leave most of each tile's lanes idle: compute
+    // `Cᵀ = Bᵀ · Aᵀ` instead, whose n rows fill the kernel's 8-row tiles and whose m columns
+    // its lanes.
+    if !narrow && n < 32 && m >= 64 && m * n * k >= 1 << 15 && super::f32x512::available() {
         let mut ct = vec![0f32; n * m];
         super::f32x512::matmul(&mut ct, b.t(), a.t(), scale, false, !matches!(par, gemm::Parallelism::None));
         for (i, row) in dst[..m * n].chunks_exact_mut(n).enumerate() {
@@ -61,8 +67,8 @@ fn matmul_with(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool, pa
         }
         return;
     }
-    // Packing B costs about 1/m of the product: worth it from a few rows on.
-    if m >= 4 && m * n * k >= 1 << 15 && super::f32x512::available() {
+    // Packing B costs about 1/m of the product: worth it from 16 rows on.
+    if !narrow && m * n * k >= 1 << 15 && super::f32x512::available() {
         return super::f32x512::matmul(dst, a, b, scale, accumulate, !matches!(par, gemm::Parallelism::None));
     }
     if m == 0 || n == 0 {
@@ -107,20 +113,24 @@ mod tests {
 
     #[test]
     fn avx512_dispatch_matches_the_gemm_crate() {
-        let (m, k, n) = (37, 150, 70);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
-        let mut ours = vec![0f32; m * n];
-        let mut oracle = vec![0f32; m * n];
-        matmul_par(&mut ours, Mat::rows(&a, m, k), Mat::rows(&b, n, k).t(), 1.5, false);
-        // SAFETY: both views and dst are inside their slices.
-        unsafe {
-            gemm::gemm(m, n, k, oracle.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), k as isize, 1, 1.0, 1.5, false, false, false, gemm::Parallelism::None);
-        }
-        for (x, y) in ours.iter().zip(&oracle) {
-            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        // The AVX-512 kernel, the transposed narrow product (16–31 columns) and the
+        // narrow outputs handed to the gemm crate (rank-8 shapes).
+        for (m, k, n) in [(37, 150, 70), (300, 64, 20), (300, 64, 8), (8, 300, 70)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5).collect();
+            let mut ours = vec![0f32; m * n];
+            let mut oracle = vec![0f32; m * n];
+            matmul_par(&mut ours, Mat::rows(&a, m, k), Mat::rows(&b, n, k).t(), 1.5, false);
+            // SAFETY: both views and dst are inside their slices.
+            unsafe {
+                gemm::gemm(m, n, k, oracle.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), k as isize, 1, 1.0, 1.5, false, false, false, gemm::Parallelism::None);
+            }
+            for (x, y) in ours.iter().zip(&oracle) {
+                assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "({m}, {k}, {n}): {x} vs {y}");
+            }
         }
     }
+
 
     /// Narrow products (n < 32, a LoRA rank) run transposed; same values, accumulation kept.
     #[test]
