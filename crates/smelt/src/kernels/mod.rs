@@ -2,7 +2,7 @@
 //! straight from the model file's memory map.
 //!
 //! - [`QWeight`]: a zero-copy view of a quantized `(rows, cols)` matrix in the file; on
-//!   AVX-512 VNNI CPUs, Q4_0/Q4_1/Q8_0/Q4_K weights are repacked at load ([`packed`]:
+//!   AVX-512 VNNI CPUs, Q4_0/Q4_1/Q8_0/Q4_K/Q6_K weights are repacked at load ([`packed`]:
 //!   16 weight rows per SIMD vector, one lane each, activations broadcast, no horizontal
 //!   sums) and the file's pages released, so the model is still resident once.
 //!   [`QWeight::transposed_int8`] adds a Q8_0 `Wᵀ` for training's backward products.
