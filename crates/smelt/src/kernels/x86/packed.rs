@@ -21,6 +21,29 @@ pub const Q8_0: u8 = 2;
 pub const Q4_K: u8 = 3;
 pub const Q6_K: u8 = 4;
 
+/// Activation `r`'s 4 quants at byte `e` of the block at `q`, as 16 copies.
+#[inline(always)]
+unsafe fn bcast(q: *const i8, r: usize, e: usize) -> __m512i {
+    _mm512_set1_epi32((q.add(r * 32 + e) as *const i32).read_unaligned())
+}
+
+/// Weights stream through once per token: ask for block `wq`'s `bytes` PF bytes ahead.
+#[inline(always)]
+unsafe fn prefetch_block(wq: *const u8, bytes: usize) {
+    for l in 0..bytes / 64 {
+        _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PF + 64 * l) as *const i8);
+    }
+}
+
+/// The tile's outputs: row `r`'s 16 sums to `y[r·ldy ..]`, the first `live` of them.
+#[inline(always)]
+unsafe fn store<const R: usize>(acc: &[__m512; R], y: *mut f32, ldy: usize, live: usize) {
+    let mask: __mmask16 = if live >= RG { !0 } else { (1u16 << live) - 1 };
+    for (r, acc) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(y.add(r * ldy), mask, *acc);
+    }
+}
+
 /// One tile: the 16 rows of the packed group at `w` (`nb` blocks) against `R` consecutive
 /// activation rows of one panel starting at `a`; `y[r·ldy + i]` gets weight row `i` ·
 /// activation row `r`, for `i < live`.
@@ -39,14 +62,9 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
     let f = nb * RG * qb; // the fields
     let low = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); R];
-    // Activation `r`'s 4 quants at byte `e` of the block, as 16 copies.
-    let bcast = |q: *const i8, r: usize, e: usize| _mm512_set1_epi32((q.add(r * 32 + e) as *const i32).read_unaligned());
     for b in 0..nb {
         let wq = w.add(b * RG * qb);
-        // Weights stream through once per token: ask for the lines PF bytes ahead.
-        for l in 0..RG * qb / 64 {
-            _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PF + 64 * l) as *const i8);
-        }
+        prefetch_block(wq, RG * qb);
         let slot = b * PANEL;
         let q = a.qs.add(slot * 32);
         let mut s: [__m512i; R] = std::array::from_fn(|r| match T {
@@ -93,10 +111,7 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
             }
         }
     }
-    let mask: __mmask16 = if live >= RG { !0 } else { (1u16 << live) - 1 };
-    for (r, acc) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(y.add(r * ldy), mask, *acc);
-    }
+    store(&acc, y, ldy, live);
 }
 
 /// [`tile`] for Q6_K: per block two sub-blocks of 16 values, `d·sc·(q − 32)` each. A half's
@@ -113,12 +128,9 @@ unsafe fn tile_q6k<const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut 
     let low = _mm512_set1_epi8(0x0F);
     let bits45 = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); R];
-    let bcast = |q: *const i8, r: usize, e: usize| _mm512_set1_epi32((q.add(r * 32 + e) as *const i32).read_unaligned());
     for b in 0..nb {
         let wq = w.add(b * RG * QB);
-        for l in 0..RG * QB / 64 {
-            _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(PF + 64 * l) as *const i8);
-        }
+        prefetch_block(wq, RG * QB);
         let slot = b * PANEL;
         let q = a.qs.add(slot * 32);
         let d = _mm512_cvtph_ps(_mm256_load_si256(w.add(f + 32 * nb + 32 * (b / 8)) as *const __m256i));
@@ -148,8 +160,5 @@ unsafe fn tile_q6k<const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut 
             }
         }
     }
-    let mask: __mmask16 = if live >= RG { !0 } else { (1u16 << live) - 1 };
-    for (r, acc) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(y.add(r * ldy), mask, *acc);
-    }
+    store(&acc, y, ldy, live);
 }
