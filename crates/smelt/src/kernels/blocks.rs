@@ -121,27 +121,30 @@ pub fn dequantize_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
         }
         GgmlType::Q6_K => {
             let d = f16_at(b, 208);
-            // Two halves of 128 values: 64 bytes of low nibbles, 32 bytes of 2-bit highs.
-            for h in 0..2 {
-                let ql = &b[64 * h..64 * h + 64];
-                let qh = &b[128 + 32 * h..128 + 32 * h + 32];
-                let sc = |j: usize| d * (b[192 + 8 * h + j] as i8) as f32;
-                for l in 0..32 {
-                    let is = l / 16;
-                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                    let o = &mut out[128 * h..];
-                    o[l] = sc(is) * q1 as f32;
-                    o[l + 32] = sc(is + 2) * q2 as f32;
-                    o[l + 64] = sc(is + 4) * q3 as f32;
-                    o[l + 96] = sc(is + 6) * q4 as f32;
-                }
+            let v = q6k_values(b);
+            for (i, (o, &q)) in out[..256].iter_mut().zip(&v).enumerate() {
+                *o = d * (b[192 + i / 16] as i8) as f32 * (q as i32 - 32) as f32;
             }
         }
         _ => panic!("no scalar dequantizer for {t}"),
     }
+}
+
+/// The 256 six-bit values (0..64, unsigned) of a Q6_K block, in order: sub-block `j` (scale
+/// `scales[j]`) is values `16j..16j + 16` (ggml's `dequantize_row_q6_K`).
+pub fn q6k_values(blk: &[u8]) -> [u8; 256] {
+    let mut v = [0u8; 256];
+    for h in 0..2 {
+        let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..128 + 32 * h + 32]);
+        for l in 0..32 {
+            let o = &mut v[128 * h..];
+            o[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
+            o[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
+            o[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            o[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    v
 }
 
 /// Whether [`dequantize_block`] handles `t` (exactly the types smelt's kernels multiply).

@@ -189,9 +189,15 @@ impl QWeight {
     /// [`Self::transposed_int8`] (`dy` quantized to 8 bits per block of 32, as activations
     /// are); `false`, with nothing written, where there is no transposed copy.
     pub fn backward_int8(&self, dy: &[f32], m: usize, dx: &mut [f32]) -> bool {
+        self.backward_int8_uninit(dy, m, as_uninit(&mut dx[..m * self.cols]))
+    }
+
+    /// [`Self::backward_int8`] into `dx` that may start uninitialized (every element is
+    /// written when it returns `true`).
+    fn backward_int8_uninit(&self, dy: &[f32], m: usize, dx: &mut [std::mem::MaybeUninit<f32>]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = self.transposed_int8() {
-            matmul::packed_matmul(t, &dy[..m * self.rows], m, as_uninit(&mut dx[..m * self.cols]));
+            matmul::packed_matmul(t, &dy[..m * self.rows], m, dx);
             return true;
         }
         let _ = (dy, m, dx);
@@ -324,17 +330,14 @@ impl QWeight {
     /// [`Self::backward_int8`] into a new `(m, cols)` vector (not zeroed first); `None`
     /// where there is no transposed copy.
     pub fn backward_int8_vec(&self, dy: &[f32], m: usize) -> Option<Vec<f32>> {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = self.transposed_int8() {
-            let n = m * self.cols;
-            let mut dx = Vec::with_capacity(n);
-            matmul::packed_matmul(t, &dy[..m * self.rows], m, &mut dx.spare_capacity_mut()[..n]);
-            // SAFETY: the packed product writes every output element.
-            unsafe { dx.set_len(n) };
-            return Some(dx);
+        let n = m * self.cols;
+        let mut dx = Vec::with_capacity(n);
+        if !self.backward_int8_uninit(dy, m, &mut dx.spare_capacity_mut()[..n]) {
+            return None;
         }
-        let _ = (dy, m);
-        None
+        // SAFETY: the packed product wrote all `n` elements.
+        unsafe { dx.set_len(n) };
+        Some(dx)
     }
 
     /// `x: (..., cols) f32 → (..., rows)`.

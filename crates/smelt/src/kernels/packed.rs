@@ -153,7 +153,7 @@ fn row_parts(t: GgmlType, src: &[u8], p: &mut RowParts) {
     if t == GgmlType::Q6_K {
         for blk in src.chunks_exact(210) {
             p.halves.push([blk[208], blk[209]]);
-            let v = q6k_values(blk);
+            let v = super::blocks::q6k_values(blk);
             for b in 0..8 {
                 p.scmin.push((blk[192 + 2 * b], blk[192 + 2 * b + 1]));
                 let v = &v[32 * b..32 * b + 32];
@@ -180,24 +180,7 @@ fn row_parts(t: GgmlType, src: &[u8], p: &mut RowParts) {
     }
 }
 
-/// The 256 six-bit values (0..64, unsigned) of a Q6_K block, in order: sub-block `j` (scale
-/// `scales[j]`) is values `16j..16j + 16` (ggml's `dequantize_row_q6_K`).
-fn q6k_values(blk: &[u8]) -> [u8; 256] {
-    let mut v = [0u8; 256];
-    for h in 0..2 {
-        let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..128 + 32 * h + 32]);
-        for l in 0..32 {
-            let o = &mut v[128 * h..];
-            o[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
-            o[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
-            o[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-            o[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-        }
-    }
-    v
-}
-
-/// [`q6k_values`] backwards: the 192 quant bytes (`ql`, `qh`) of a Q6_K block.
+/// [`super::blocks::q6k_values`] backwards: the 192 quant bytes (`ql`, `qh`) of a Q6_K block.
 fn q6k_quants(v: &[u8; 256], out: &mut [u8]) {
     for h in 0..2 {
         let o = &v[128 * h..];
