@@ -14,11 +14,10 @@
 
 use rayon::prelude::*;
 
-use super::packed::{PActs, Packed};
+use super::packed::PActs;
 use std::mem::MaybeUninit;
 use super::quant::{ActFormat, ActRow, QActs};
 use super::{dot_scalar, Isa, QWeight};
-use crate::load::gguf::GgmlType;
 
 /// Activation rows per group (the largest tile; one panel group).
 pub const GROUP: usize = super::quant::PANEL_ROWS;
@@ -63,6 +62,7 @@ impl PanelRef {
 /// Bytes of weight rows a prefill task keeps hot while activation groups stream past.
 const TASK_WEIGHT_BYTES: usize = 16 << 10;
 /// Bytes of packed weight groups a prefill task keeps in L2 while its activation panels pass.
+#[cfg(target_arch = "x86_64")]
 const TASK_GROUP_BYTES: usize = 256 << 10;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
@@ -142,6 +142,10 @@ fn run_tile(isa: Isa, w: &QWeight, tl: &Tile<'_>, y: *mut f32, ldy: usize) {
             Isa::Avx2 => unsafe { super::x86::avx2::tile(w.dtype(), &sub, ys, ldy) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => unsafe { super::x86::vnni::tile(w.dtype(), &sub, ys, ldy) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { super::arm::neon::tile(w.dtype(), &sub, ys, ldy) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => unsafe { super::arm::dotprod::tile(w.dtype(), &sub, ys, ldy) },
             _ => {
                 for j in 0..sub.rows {
                     let row = &sub.w[j * sub.row_bytes..(j + 1) * sub.row_bytes];
@@ -211,9 +215,10 @@ thread_local! {
 /// a task each panel (12 rows × k quants, in L1) meets every group of the run, whose bytes
 /// stay in L2 between panels. Decode (one panel) splits the groups evenly over the threads.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn packed_matmul(p: &Packed, x: &[f32], m: usize, y: &mut [MaybeUninit<f32>]) {
+pub(crate) fn packed_matmul(p: &super::packed::Packed, x: &[f32], m: usize, y: &mut [MaybeUninit<f32>]) {
     use super::packed::{PANEL, RG};
     use super::x86::packed as xp;
+    use crate::load::gguf::GgmlType;
     let (n, nb) = (p.rows, p.nb);
     let k = nb * super::blocks::QK;
     let mut acts = PSCRATCH.with(|s| s.take());
@@ -290,7 +295,7 @@ pub(super) fn matmul_into(isa: Isa, w: &QWeight, x: &[f32], m: usize, y: &mut [M
     quantize_acts(isa, &mut acts, format, x, m, k);
     // Prefill: the SIMD 32-value kernels save a horizontal reduction per row and 8 blocks
     // on interleaved activations (decode keeps the plain layout, which is cheaper there).
-    if m > 1 && format == ActFormat::B32 && isa != Isa::Scalar {
+    if m > 1 && format == ActFormat::B32 && matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         acts.interleave();
     }
 

@@ -10,7 +10,8 @@
 //!   8 bits ([`quant`]), then integer dot products per block ([`dot_scalar`], the x86
 //!   SIMD kernels in `x86/`), tiled and spread over rayon's pool ([`matmul`]).
 //! - [`Isa`]: the instruction set used, detected once at run time (override with
-//!   `SMELT_KERNEL_ISA=scalar|avx2|vnni`, e.g. to compare).
+//!   `SMELT_KERNEL_ISA=scalar|avx2|vnni|neon|dotprod`, e.g. to compare). aarch64 runs the
+//!   NEON kernels in `arm.rs` on the file's layout (with `sdot` where the CPU has it).
 //! - [`blocks`]: the ggml block layouts and scalar dequantization (embedding lookups).
 //!
 //! Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K. Others are left to candle.
@@ -29,6 +30,8 @@ pub mod testing;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "aarch64")]
+mod arm;
 
 use std::sync::OnceLock;
 
@@ -46,6 +49,10 @@ pub enum Isa {
     Avx2,
     /// AVX2 plus AVX-512 F/BW/VL/VNNI (Ice Lake, Zen 4 and later).
     Avx512Vnni,
+    /// aarch64 baseline NEON.
+    Neon,
+    /// NEON with the ARMv8.2 dot product (`sdot`: Apple M1+, Graviton 2+, Cortex-A55/A76+).
+    NeonDot,
 }
 
 impl Isa {
@@ -63,14 +70,18 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => Isa::Neon.is_available() && std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
     /// Every instruction set this CPU can run, the portable one first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| i.is_available()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot].into_iter().filter(|i| i.is_available()).collect()
     }
 
     /// The one the kernels use: the best available, or `SMELT_KERNEL_ISA` when set (and available).
@@ -82,6 +93,8 @@ impl Isa {
                 Some("scalar") => Isa::Scalar,
                 Some("avx2") => Isa::Avx2,
                 Some("vnni") => Isa::Avx512Vnni,
+                Some("neon") => Isa::Neon,
+                Some("dotprod") => Isa::NeonDot,
                 _ => best,
             };
             if wanted.is_available() {

@@ -103,6 +103,13 @@ fn simd_kernels_match_scalar_reference() {
     if std::is_x86_feature_detected!("avx2") {
         assert!(simd.contains(&Isa::Avx2), "AVX2 kernels not available on an AVX2 machine");
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        assert!(simd.contains(&Isa::Neon), "NEON kernels not available on aarch64");
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert!(simd.contains(&Isa::NeonDot), "sdot kernels not available on a dotprod CPU");
+        }
+    }
     for t in TYPES {
         let format = ActFormat::for_weight(t).unwrap();
         // Odd sizes, plus two large enough for the parallel path (prefill and decode).

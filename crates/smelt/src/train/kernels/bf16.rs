@@ -304,6 +304,8 @@ unsafe fn tile(a: *const u32, lda: usize, b: *const u32, kc: usize, out: &mut [f
 
 /// `dst (m × n, row-major) = scale · A · B`, added to `dst` when `accumulate`. Panics when
 /// the kernel is not [`available`] or the shapes disagree.
+// Elsewhere the tile call is compiled out and the loop only walks the blocks.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_mut))]
 pub fn matmul_packed(dst: &mut [f32], a: &PackedA, b: &PackedB, scale: f32, accumulate: bool) {
     assert!(available(), "bf16 matmul: this CPU has no AVX-512 BF16");
     assert!(a.k == b.k && a.kp == b.kp, "bf16 matmul: inner dimensions differ");

@@ -118,6 +118,8 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, scale: f32, accumulate: bool, par
 }
 
 /// [`matmul`] with `B` packed already (reused across calls).
+// Elsewhere the tile call is compiled out and the loop only walks the blocks.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_mut))]
 pub fn matmul_packed(dst: &mut [f32], a: Mat, b: &PackedB, scale: f32, accumulate: bool, parallel: bool) {
     assert!(available(), "f32 AVX-512 matmul: this CPU has no AVX-512");
     let (m, k, n) = (a.rows, b.k, b.n);
@@ -174,6 +176,7 @@ pub fn matmul_packed(dst: &mut [f32], a: Mat, b: &PackedB, scale: f32, accumulat
 }
 
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint blocks of the output.
 unsafe impl Send for SendPtr {}
