@@ -292,3 +292,37 @@ fn packed_results_do_not_depend_on_the_batch() {
         }
     }
 }
+
+/// Pages of `[ptr, ptr + len)` mapped into this process (`/proc/self/pagemap`'s present bit).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn mapped_pages(ptr: *const u8, len: usize) -> usize {
+    use std::os::unix::fs::FileExt;
+    let (first, last) = (ptr as usize / 4096, (ptr as usize + len).div_ceil(4096));
+    let mut buf = vec![0u8; (last - first) * 8];
+    std::fs::File::open("/proc/self/pagemap").unwrap().read_exact_at(&mut buf, first as u64 * 8).unwrap();
+    buf.chunks_exact(8).filter(|e| e[7] >> 7 == 1).count()
+}
+
+/// An embedding lookup in a mapped file leaves none of the table mapped: the kernel maps a
+/// whole 64 KiB window around each faulted page, which would otherwise stay resident.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn gathered_rows_leave_no_pages_mapped() {
+    use crate::load::gguf::Bytes;
+    let mut rng = Rng::new(12);
+    let (t, rows, cols) = (GgmlType::Q8_0, 2000, 1024);
+    let data = random_blocks(&mut rng, t, rows, cols, 0.5);
+    let path = std::env::temp_dir().join(format!("smelt-gather-{}.bin", std::process::id()));
+    std::fs::write(&path, &data).unwrap();
+    let map = unsafe { memmap2::Mmap::map(&std::fs::File::open(&path).unwrap()) }.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let (ptr, len) = (map.as_ptr(), map.len());
+    let w = QWeight::new(Bytes::Mapped(std::sync::Arc::new(map)), 0, t, rows, cols).unwrap();
+    let want = QWeight::from_vec(data, t, rows, cols).unwrap().gather_rows(&[3, 1000, 1999, 1000]).unwrap();
+    // Reading a row maps pages (more than the row's own, when the file is in the page cache) ...
+    w.dequantize_row(1000, &mut vec![0f32; cols]);
+    assert!(mapped_pages(ptr, len) >= 1, "reading a row mapped no page");
+    // ... and a lookup releases them again, with the same values as from owned bytes.
+    assert_eq!(w.gather_rows(&[3, 1000, 1999, 1000]).unwrap(), want);
+    assert_eq!(mapped_pages(ptr, len), 0, "pages left mapped after the lookup");
+}
