@@ -186,6 +186,15 @@ impl Linear {
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
+
+    /// The quantized weight when it is the whole layer (no bias, no adapters): then
+    /// `forward(x)` is exactly `x · Wᵀ` on smelt's kernels.
+    pub fn plain_quant(&self) -> Option<&QWeight> {
+        match (&self.weight, &self.bias, self.adapters.is_empty()) {
+            (LinearWeight::Quant(q), None, true) => Some(q),
+            _ => None,
+        }
+    }
 }
 
 /// Token embedding table `(vocab, hidden)`.
