@@ -139,6 +139,12 @@ pub fn peak_rss() -> Option<u64> {
     l.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
+/// Start [`peak_rss`] (VmHWM, and the `ru_maxrss` a parent's `wait4` sees) again from the
+/// current resident set (Linux's `clear_refs` 5); no effect elsewhere.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Everything `smelt bench` measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
@@ -189,4 +195,22 @@ pub fn open(path: &std::path::Path) -> Result<Arc<GgufFile>> {
         bail!("{}: smelt bench takes a GGUF file", path.display());
     }
     Ok(Arc::new(GgufFile::open(path).with_context(|| format!("cannot open {}", path.display()))?))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The reset forgets a freed buffer's pages (so `smelt bench` can probe the bandwidth
+    /// with 512 MiB first and still report the model's own peak).
+    #[test]
+    fn peak_rss_resets() {
+        let buf = vec![1u8; 256 << 20];
+        std::hint::black_box(&buf);
+        let with = peak_rss().unwrap();
+        drop(buf);
+        reset_peak_rss();
+        let after = peak_rss().unwrap();
+        assert!(with >= 256 << 20 && after + (128 << 20) < with, "peak {with} → {after} after the reset");
+    }
 }

@@ -64,6 +64,10 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     if a.prompt == 0 && a.gen == 0 {
         bail!("nothing to measure: -p and -n are both 0");
     }
+    // The bandwidth probe first, with its 512 MiB buffer, then the peak RSS is reset so
+    // that it (and `/usr/bin/time -v`'s maximum) covers the model's work only.
+    let mem_read_gbs = bench::membw::read_bandwidth(512 << 20, 5);
+    bench::reset_peak_rss();
     let t0 = std::time::Instant::now();
     let dec = bench::decoder_from_gguf(file.clone(), bench::ctx_needed(a.prompt, a.gen, a.depth))?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -75,7 +79,6 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         tests.push(bench::run_test(&dec, Kind::Decode, a.gen, a.depth, a.reps, 2)?);
     }
     let threads = threads.unwrap_or_else(rayon::current_num_threads);
-    // Before the bandwidth test, which allocates a buffer of its own.
     let peak_rss_bytes = bench::peak_rss();
     let report = BenchReport {
         model: label,
@@ -86,7 +89,7 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         isa: format!("{:?}", Isa::current()),
         weight_bytes_per_token: bench::weight_bytes_per_token(&file),
         tests,
-        mem_read_gbs: bench::membw::read_bandwidth(512 << 20, 5),
+        mem_read_gbs,
         peak_rss_bytes,
         load_s,
     };
