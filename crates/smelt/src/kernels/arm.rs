@@ -40,7 +40,7 @@ macro_rules! neon_kernels {
     ($feat:literal) => {
         use super::{f16p, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0};
         use crate::kernels::blocks::scales_mins_k4;
-        use crate::kernels::matmul::Tile;
+        use crate::kernels::matmul::{by_nr, ActPtrs, Tile};
         use crate::load::gguf::GgmlType;
 
         /// 16 bytes: 0x10 where bit `i` of `bits` is set, else 0 (Q5's fifth bits).
@@ -104,9 +104,7 @@ macro_rules! neon_kernels {
             let ts = [18, 20, 22, 24, 34][T as usize];
             let nb = tl.row_bytes / ts;
             let offset = T == Q4_1 || T == Q5_1;
-            let qa: [*const i8; R] = core::array::from_fn(|r| tl.acts[r].qs.as_ptr());
-            let da: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].d.as_ptr());
-            let sa: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].s.as_ptr());
+            let ActPtrs { q: qa, d: da, s: sa, .. } = tl.act_ptrs::<R>();
             for j in 0..tl.rows {
                 let w = tl.w.as_ptr().add(j * tl.row_bytes);
                 let mut acc = [vdupq_n_f32(0.0); R];
@@ -134,9 +132,7 @@ macro_rules! neon_kernels {
         unsafe fn q45k<const T: u8, const R: usize>(tl: &Tile<'_>, y: *mut f32, ldy: usize) {
             let bytes = if T == Q5_K { 176 } else { 144 };
             let nb = tl.row_bytes / bytes;
-            let qa: [*const i8; R] = core::array::from_fn(|r| tl.acts[r].qs.as_ptr());
-            let da: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].d.as_ptr());
-            let bs: [*const i16; R] = core::array::from_fn(|r| tl.acts[r].bsums.as_ptr());
+            let ActPtrs { q: qa, d: da, bs, .. } = tl.act_ptrs::<R>();
             let m4 = vdupq_n_u8(0xF);
             for j in 0..tl.rows {
                 let w = tl.w.as_ptr().add(j * tl.row_bytes);
@@ -192,8 +188,7 @@ macro_rules! neon_kernels {
         unsafe fn q6k<const T: u8, const R: usize>(tl: &Tile<'_>, y: *mut f32, ldy: usize) {
             debug_assert_eq!(T, Q6_K);
             let nb = tl.row_bytes / 210;
-            let qa: [*const i8; R] = core::array::from_fn(|r| tl.acts[r].qs.as_ptr());
-            let da: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].d.as_ptr());
+            let ActPtrs { q: qa, d: da, .. } = tl.act_ptrs::<R>();
             let (m4, m2, c32) = (vdupq_n_u8(0xF), vdupq_n_u8(3), vdupq_n_s8(32));
             for j in 0..tl.rows {
                 let w = tl.w.as_ptr().add(j * tl.row_bytes);
@@ -240,25 +235,15 @@ macro_rules! neon_kernels {
         /// # Safety
         /// The CPU has this module's features and `tl`, `y`, `ldy` satisfy [`Tile`]'s contract.
         pub unsafe fn tile(t: GgmlType, tl: &Tile<'_>, y: *mut f32, ldy: usize) {
-            macro_rules! by_nr {
-                ($f:ident, $t:expr) => {
-                    match tl.nr {
-                        1 => $f::<{ $t }, 1>(tl, y, ldy),
-                        2 => $f::<{ $t }, 2>(tl, y, ldy),
-                        4 => $f::<{ $t }, 4>(tl, y, ldy),
-                        n => unreachable!("{n}-row tile"),
-                    }
-                };
-            }
             match t {
-                GgmlType::Q4_0 => by_nr!(b32, Q4_0),
-                GgmlType::Q4_1 => by_nr!(b32, Q4_1),
-                GgmlType::Q5_0 => by_nr!(b32, Q5_0),
-                GgmlType::Q5_1 => by_nr!(b32, Q5_1),
-                GgmlType::Q8_0 => by_nr!(b32, Q8_0),
-                GgmlType::Q4_K => by_nr!(q45k, Q4_K),
-                GgmlType::Q5_K => by_nr!(q45k, Q5_K),
-                GgmlType::Q6_K => by_nr!(q6k, Q6_K),
+                GgmlType::Q4_0 => by_nr!(b32, Q4_0, tl, y, ldy),
+                GgmlType::Q4_1 => by_nr!(b32, Q4_1, tl, y, ldy),
+                GgmlType::Q5_0 => by_nr!(b32, Q5_0, tl, y, ldy),
+                GgmlType::Q5_1 => by_nr!(b32, Q5_1, tl, y, ldy),
+                GgmlType::Q8_0 => by_nr!(b32, Q8_0, tl, y, ldy),
+                GgmlType::Q4_K => by_nr!(q45k, Q4_K, tl, y, ldy),
+                GgmlType::Q5_K => by_nr!(q45k, Q5_K, tl, y, ldy),
+                GgmlType::Q6_K => by_nr!(q6k, Q6_K, tl, y, ldy),
                 _ => unreachable!("no kernel for {t}"),
             }
         }

@@ -43,6 +43,42 @@ pub struct Tile<'a> {
     pub panel: Option<PanelRef>,
 }
 
+/// Base pointers of a tile's first `R` activation rows, for kernels that index them with
+/// constant offsets: quants, scales, and the B32 sums `s` / the K256 16-value sums `bs`.
+pub struct ActPtrs<const R: usize> {
+    pub q: [*const i8; R],
+    pub d: [*const f32; R],
+    pub s: [*const f32; R],
+    pub bs: [*const i16; R],
+}
+
+impl Tile<'_> {
+    #[inline]
+    pub fn act_ptrs<const R: usize>(&self) -> ActPtrs<R> {
+        ActPtrs {
+            q: std::array::from_fn(|r| self.acts[r].qs.as_ptr()),
+            d: std::array::from_fn(|r| self.acts[r].d.as_ptr()),
+            s: std::array::from_fn(|r| self.acts[r].s.as_ptr()),
+            bs: std::array::from_fn(|r| self.acts[r].bsums.as_ptr()),
+        }
+    }
+}
+
+/// `$f::<{ $t }, nr>(tl, y, ldy)` for a tile of `nr` = 1, 2 or 4 rows: the SIMD modules'
+/// dispatch from run-time tile height to const-generic kernel.
+macro_rules! by_nr {
+    ($f:ident, $t:expr, $tl:expr, $y:expr, $ldy:expr) => {
+        match $tl.nr {
+            1 => $f::<{ $t }, 1>($tl, $y, $ldy),
+            2 => $f::<{ $t }, 2>($tl, $y, $ldy),
+            4 => $f::<{ $t }, 4>($tl, $y, $ldy),
+            n => unreachable!("{n}-row tile"),
+        }
+    };
+}
+#[allow(unused_imports)] // used by the x86 or the aarch64 kernels, whichever are built
+pub(crate) use by_nr;
+
 /// Panel pointers `(quants, scales, sums)` of one activation row, see [`super::quant::Panels`].
 #[derive(Clone, Copy)]
 pub struct PanelRef {

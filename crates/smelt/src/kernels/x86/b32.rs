@@ -119,9 +119,7 @@ macro_rules! b32_kernels {
         unsafe fn b32<const T: u8, const R: usize, const IL: bool>(tl: &Tile<'_>, y: *mut f32, ldy: usize) {
             let bytes = block_bytes(T);
             let nb = tl.row_bytes / bytes;
-            let qa: [*const i8; R] = core::array::from_fn(|r| tl.acts[r].qs.as_ptr());
-            let da: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].d.as_ptr());
-            let sa: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].s.as_ptr());
+            let ActPtrs { q: qa, d: da, s: sa, .. } = tl.act_ptrs::<R>();
             let neg_off = _mm256_set1_ps(-offset(T));
             let panel = match tl.panel {
                 Some(p) => p,

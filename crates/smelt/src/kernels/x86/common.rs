@@ -3,7 +3,7 @@
 
 macro_rules! common {
     ($feat:literal) => {
-        use crate::kernels::matmul::Tile;
+        use crate::kernels::matmul::{by_nr, ActPtrs, Tile};
         use crate::load::gguf::GgmlType;
 
         /// Ask for the `len` bytes that lie [`PREFETCH_AHEAD`] bytes after `p`: weights stream
@@ -218,16 +218,6 @@ macro_rules! common {
         /// The CPU has this module's features and `tl`, `y`, `ldy` satisfy [`Tile`]'s contract.
         pub unsafe fn tile(t: GgmlType, tl: &Tile<'_>, y: *mut f32, ldy: usize) {
             use crate::kernels::x86::kq;
-            macro_rules! by_nr {
-                ($f:ident, $t:expr) => {
-                    match tl.nr {
-                        1 => $f::<{ $t }, 1>(tl, y, ldy),
-                        2 => $f::<{ $t }, 2>(tl, y, ldy),
-                        4 => $f::<{ $t }, 4>(tl, y, ldy),
-                        n => unreachable!("{n}-row tile"),
-                    }
-                };
-            }
             macro_rules! b32_by_nr {
                 ($t:expr) => {
                     match (tl.panel.is_some(), tl.nr) {
@@ -248,9 +238,9 @@ macro_rules! common {
                 GgmlType::Q5_0 => b32_by_nr!(Q5_0),
                 GgmlType::Q5_1 => b32_by_nr!(Q5_1),
                 GgmlType::Q8_0 => b32_by_nr!(Q8_0),
-                GgmlType::Q4_K => by_nr!(q45k, kq::Q4_K),
-                GgmlType::Q5_K => by_nr!(q45k, kq::Q5_K),
-                GgmlType::Q6_K => by_nr!(q6k, kq::Q6_K),
+                GgmlType::Q4_K => by_nr!(q45k, kq::Q4_K, tl, y, ldy),
+                GgmlType::Q5_K => by_nr!(q45k, kq::Q5_K, tl, y, ldy),
+                GgmlType::Q6_K => by_nr!(q6k, kq::Q6_K, tl, y, ldy),
                 _ => unreachable!("no kernel for {t}"),
             }
         }

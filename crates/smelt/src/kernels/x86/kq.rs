@@ -40,9 +40,7 @@ macro_rules! k_kernels {
         unsafe fn q45k<const T: u8, const R: usize>(tl: &Tile<'_>, y: *mut f32, ldy: usize) {
             let bytes = if T == Q5_K { 176 } else { 144 };
             let nb = tl.row_bytes / bytes;
-            let qa: [*const i8; R] = core::array::from_fn(|r| tl.acts[r].qs.as_ptr());
-            let da: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].d.as_ptr());
-            let bs: [*const i16; R] = core::array::from_fn(|r| tl.acts[r].bsums.as_ptr());
+            let ActPtrs { q: qa, d: da, bs, .. } = tl.act_ptrs::<R>();
             let m4 = _mm256_set1_epi8(0xF);
             for j in 0..tl.rows {
                 let w = tl.w.as_ptr().add(j * tl.row_bytes);
@@ -104,9 +102,7 @@ macro_rules! k_kernels {
         unsafe fn q6k<const T: u8, const R: usize>(tl: &Tile<'_>, y: *mut f32, ldy: usize) {
             debug_assert_eq!(T, Q6_K);
             let nb = tl.row_bytes / 210;
-            let qa: [*const i8; R] = core::array::from_fn(|r| tl.acts[r].qs.as_ptr());
-            let da: [*const f32; R] = core::array::from_fn(|r| tl.acts[r].d.as_ptr());
-            let bs: [*const i16; R] = core::array::from_fn(|r| tl.acts[r].bsums.as_ptr());
+            let ActPtrs { q: qa, d: da, bs, .. } = tl.act_ptrs::<R>();
             let m4 = _mm256_set1_epi8(0xF);
             let m2 = _mm256_set1_epi8(3);
             // Shuffle picking scale bytes (2p, 2p+1) as [2p ×8, 2p+1 ×8].
