@@ -406,28 +406,35 @@ pub fn transposed_budget() -> usize {
     *BUDGET.get_or_init(|| std::env::var("SMELT_INT8_BACKWARD_MB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(2 << 30, |mb| mb << 20))
 }
 
+/// The input of a custom op over quantized weights: a contiguous f32 `(..., k)` tensor as
+/// `(values, leading dims)`, the values `lead.product()` rows of `k`. `what` names the op
+/// in the errors.
+pub(crate) fn op_rows<'a>(storage: &'a CpuStorage, layout: &Layout, k: usize, what: &str) -> candle_core::Result<(&'a [f32], Vec<usize>)> {
+    let dims = layout.shape().dims();
+    let Some((&kx, lead)) = dims.split_last() else {
+        candle_core::bail!("{what} needs at least 1-D input")
+    };
+    if kx != k {
+        candle_core::bail!("{what}: input has {kx} features, the weight expects {k}");
+    }
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what} needs f32 input")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what} needs a contiguous input")
+    };
+    Ok((&data[start..end], lead.to_vec()))
+}
+
 impl CustomOp1 for QWeight {
     fn name(&self) -> &'static str {
         "smelt-qmatmul"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims();
-        let Some((&k, lead)) = dims.split_last() else {
-            candle_core::bail!("quantized matmul needs at least 1-D input")
-        };
-        if k != self.cols {
-            candle_core::bail!("quantized matmul: input has {k} features, the weight expects {}", self.cols);
-        }
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("quantized matmul needs f32 input")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("quantized matmul needs a contiguous input")
-        };
-        let m: usize = lead.iter().product();
-        let y = self.matmul_vec(&data[start..end], m).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
-        let mut out = lead.to_vec();
+        let (x, mut out) = op_rows(storage, layout, self.cols, "quantized matmul")?;
+        let m: usize = out.iter().product();
+        let y = self.matmul_vec(x, m).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
         out.push(self.rows);
         Ok((CpuStorage::F32(y), Shape::from(out)))
     }

@@ -66,25 +66,17 @@ impl CustomOp1 for SwiGluQuant<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims();
-        let Some((&k, lead)) = dims.split_last() else {
-            candle_core::bail!("gated MLP needs at least 1-D input")
-        };
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("gated MLP needs a contiguous f32 input")
-        };
-        if k != self.gate.cols() || k != self.up.cols() || self.gate.rows() != self.up.rows() {
-            candle_core::bail!("gated MLP: input has {k} features, gate {:?} and up {:?}", self.gate, self.up);
+        if self.gate.cols() != self.up.cols() || self.gate.rows() != self.up.rows() {
+            candle_core::bail!("gated MLP: gate {:?} and up {:?} differ in shape", self.gate, self.up);
         }
-        let m: usize = lead.iter().product();
+        let (x, mut out) = crate::kernels::op_rows(storage, layout, self.gate.cols(), "gated MLP")?;
+        let m: usize = out.iter().product();
         let err = |e: anyhow::Error| candle_core::Error::Msg(format!("{e:#}"));
-        let x = &data[start..end];
         let mut g = self.gate.matmul_vec(x, m).map_err(err)?;
         let u = self.up.matmul_vec(x, m).map_err(err)?;
         for (g, u) in g.iter_mut().zip(&u) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
-        let mut out = lead.to_vec();
         out.push(self.gate.rows());
         Ok((CpuStorage::F32(g), Shape::from(out)))
     }
