@@ -166,7 +166,7 @@ fn random_tokens(model: &std::path::Path, schemas: &[Option<Value>], seeds: u64)
 /// SmolLM2 asked for a person as JSON, greedy and sampled: the answer parses and matches.
 #[test]
 fn smollm2_writes_valid_json() {
-    let model = load(&smollm2(), &LoadOptions { ctx: Some(512) }).unwrap();
+    let model = load(&smollm2(), &LoadOptions { ctx: Some(512), ..Default::default() }).unwrap();
     let tok = &model.tokenizer;
     let table = TokenTable::new(tok);
     let schema = json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"}},

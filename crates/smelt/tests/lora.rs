@@ -39,7 +39,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn load(path: &Path) -> Decoder {
-    smelt::load::load(path, &smelt::load::LoadOptions { ctx: Some(64) }).unwrap().decoder
+    smelt::load::load(path, &smelt::load::LoadOptions { ctx: Some(64), ..Default::default() }).unwrap().decoder
 }
 
 /// The fixture base written as a GGUF file by smelt's exporter (q/k rows permuted for

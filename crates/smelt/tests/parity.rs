@@ -1,16 +1,20 @@
 //! Parity with Hugging Face transformers: every architecture's tiny random model
 //! (fixtures made by scripts/fixtures/gen_parity.py) must give transformers' f32 logits
-//! within 1e-4 at every position, cached decoding must equal uncached, and greedy decoding
-//! must pick transformers' tokens with the same per-step logits.
+//! within 1e-4 at every position, cached decoding (f32 cache) must equal uncached, and greedy
+//! decoding must pick transformers' tokens with the same per-step logits. The default f16
+//! cache must stay within f16's rounding of them.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{safetensors, Device, Tensor};
 use smelt::load::hf::load_hf_decoder;
-use smelt::model::{Decoder, Logits, SeqInput};
+use smelt::model::{Decoder, KvCache, KvType, Logits, SeqInput};
 use smelt::sample::argmax;
 
 const TOL: f32 = 1e-4;
+/// f16 keys and values (11-bit significands): logits within this fraction of their
+/// largest magnitude.
+const TOL_F16: f32 = 4e-3;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
@@ -68,19 +72,22 @@ fn check(dir: &Path) -> Result<String, String> {
     }
 
     // 2. Cached: prefill in two uneven pieces, then one token at a time; compare every row.
+    let mut model = model;
+    model.kv_type = KvType::F32;
     let mut cache = model.new_cache();
-    let split = n / 3;
-    let mut rows = Vec::new();
-    for piece in [&case.input_ids[..split], &case.input_ids[split..split + 2]] {
-        rows.push(model.forward(&mut [SeqInput { tokens: piece, cache: Some(&mut cache) }], Logits::All).unwrap());
-    }
-    for t in &case.input_ids[split + 2..] {
-        rows.push(model.forward(&mut [SeqInput { tokens: std::slice::from_ref(t), cache: Some(&mut cache) }], Logits::All).unwrap());
-    }
-    let cached = Tensor::cat(&rows, 0).unwrap();
+    let cached = cached_rows(&model, &case.input_ids, &mut cache);
     let d_cache = max_diff(&cached, &case.logits);
     if d_cache > TOL {
         return Err(format!("cached logits differ by {d_cache}"));
+    }
+    // The same with the default f16 cache.
+    let mut half_model = load_hf_decoder(dir, None).map_err(|e| format!("load: {e:#}"))?;
+    half_model.kv_type = KvType::F16;
+    let mut half_cache = half_model.new_cache();
+    let d_f16 = max_diff(&cached_rows(&half_model, &case.input_ids, &mut half_cache), &case.logits);
+    let scale = case.logits.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    if d_f16 > TOL_F16 * scale || d_f16 == 0.0 {
+        return Err(format!("f16-cache logits differ by {d_f16} (scale {scale})"));
     }
 
     // 3. Greedy decoding with the cache: same tokens, same per-step logits.
@@ -104,7 +111,21 @@ fn check(dir: &Path) -> Result<String, String> {
     if d_greedy > TOL {
         return Err(format!("greedy-step logits differ by {d_greedy}"));
     }
-    Ok(format!("{:<14} full {d_full:.1e}  cached {d_cache:.1e}  greedy {d_greedy:.1e}", case.name))
+    Ok(format!("{:<14} full {d_full:.1e}  cached {d_cache:.1e}  f16 cache {:.1e}  greedy {d_greedy:.1e}", case.name, d_f16 / scale))
+}
+
+/// Logits of every position, run through `cache`: a prefill in two uneven pieces, then one
+/// token at a time.
+fn cached_rows(model: &Decoder, ids: &[u32], cache: &mut KvCache) -> Tensor {
+    let split = ids.len() / 3;
+    let mut rows = Vec::new();
+    for piece in [&ids[..split], &ids[split..split + 2]] {
+        rows.push(model.forward(&mut [SeqInput { tokens: piece, cache: Some(&mut *cache) }], Logits::All).unwrap());
+    }
+    for t in &ids[split + 2..] {
+        rows.push(model.forward(&mut [SeqInput { tokens: std::slice::from_ref(t), cache: Some(&mut *cache) }], Logits::All).unwrap());
+    }
+    Tensor::cat(&rows, 0).unwrap()
 }
 
 #[test]
@@ -125,20 +146,28 @@ fn every_architecture_matches_transformers() {
 #[test]
 fn batched_sequences_equal_separate_runs() {
     // Two sequences of different lengths in one forward pass (continuous batching's shape)
-    // must give exactly what each gives alone.
+    // must give exactly what each gives alone: uncached beside an f32 cache, and each
+    // alone with its own cache of the same type for f16.
     let dir = fixtures().join("qwen2");
     let case = read_case(&dir);
-    let model = load_hf_decoder(&dir, None).unwrap();
+    let mut model = load_hf_decoder(&dir, None).unwrap();
     let a = &case.input_ids[..7];
     let b = &case.input_ids[3..];
-    let (mut ca, mut cb) = (model.new_cache(), model.new_cache());
-    let both = model
-        .forward(&mut [SeqInput { tokens: a, cache: Some(&mut ca) }, SeqInput { tokens: b, cache: Some(&mut cb) }], Logits::Last)
-        .unwrap();
-    let la = model.forward(&mut [SeqInput { tokens: a, cache: None }], Logits::Last).unwrap();
-    let lb = model.forward(&mut [SeqInput { tokens: b, cache: None }], Logits::Last).unwrap();
-    assert!(max_diff(&both.get(0).unwrap(), &la.squeeze(0).unwrap()) < 1e-5);
-    assert!(max_diff(&both.get(1).unwrap(), &lb.squeeze(0).unwrap()) < 1e-5);
+    for kv_type in [KvType::F32, KvType::F16] {
+        model.kv_type = kv_type;
+        let (mut ca, mut cb) = (model.new_cache(), model.new_cache());
+        let both = model
+            .forward(&mut [SeqInput { tokens: a, cache: Some(&mut ca) }, SeqInput { tokens: b, cache: Some(&mut cb) }], Logits::Last)
+            .unwrap();
+        let alone = |ids: &[u32]| {
+            let mut c = model.new_cache();
+            let cache = (kv_type == KvType::F16).then_some(&mut c);
+            model.forward(&mut [SeqInput { tokens: ids, cache }], Logits::Last).unwrap()
+        };
+        let (la, lb) = (alone(a), alone(b));
+        assert!(max_diff(&both.get(0).unwrap(), &la.squeeze(0).unwrap()) < 1e-5, "{kv_type}");
+        assert!(max_diff(&both.get(1).unwrap(), &lb.squeeze(0).unwrap()) < 1e-5, "{kv_type}");
+    }
 }
 
 #[test]

@@ -134,7 +134,7 @@ fn tiny256() -> Tiny {
 }
 
 fn logits(path: &std::path::Path, tokens: &[u32]) -> Vec<f32> {
-    let m = load(path, &LoadOptions { ctx: Some(32) }).unwrap();
+    let m = load(path, &LoadOptions { ctx: Some(32), ..Default::default() }).unwrap();
     let mut cache = m.decoder.new_cache();
     m.decoder.step(tokens, &mut cache).unwrap()
 }

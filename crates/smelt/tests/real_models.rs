@@ -26,7 +26,7 @@ fn smollm2_knows_the_capital_of_france() {
 
 #[test]
 fn gemma3_continues_coherently() {
-    let model = load(&gemma3(), &LoadOptions { ctx: Some(256) }).unwrap();
+    let model = load(&gemma3(), &LoadOptions { ctx: Some(256), ..Default::default() }).unwrap();
     let tok = &model.tokenizer;
     let cases = [
         ("The Eiffel Tower is located in the city of", "Paris"),
@@ -48,7 +48,7 @@ fn gemma3_continues_coherently() {
 fn cached_chat_turns_reuse_the_prefix() {
     // A growing conversation recomputes only its new suffix and gives the same tokens as a
     // fresh session would.
-    let model = load(&smollm2(), &LoadOptions { ctx: Some(512) }).unwrap();
+    let model = load(&smollm2(), &LoadOptions { ctx: Some(512), ..Default::default() }).unwrap();
     let tok = &model.tokenizer;
     let first = tok.encode("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n", false, true).unwrap();
     let mut s = Session::new(&model.decoder);
@@ -79,7 +79,7 @@ fn llama_cpp_ppl(model: &str, ctx: usize, chunks: usize) -> f64 {
 
 fn check_ppl(path: std::path::PathBuf, name: &str, chunks: usize) {
     let text = std::fs::read_to_string(fixture("text/pride-and-prejudice-ch1-3.txt")).unwrap();
-    let model = load(&path, &LoadOptions { ctx: Some(256) }).unwrap();
+    let model = load(&path, &LoadOptions { ctx: Some(256), ..Default::default() }).unwrap();
     let tok = &model.tokenizer;
     let tokens = tok.encode(&text, true, false).unwrap();
     let bos = if tok.add_bos() { tok.bos_id() } else { None };

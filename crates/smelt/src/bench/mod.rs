@@ -154,6 +154,7 @@ pub struct BenchReport {
     pub params: u64,
     pub threads: usize,
     pub isa: String,
+    pub kv_type: crate::model::KvType,
     pub weight_bytes_per_token: u64,
     pub tests: Vec<TestResult>,
     /// Memory read bandwidth with the same threads, GB/s.

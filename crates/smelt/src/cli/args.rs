@@ -16,6 +16,9 @@ pub struct ModelArgs {
     /// Context size in tokens (default: the model's trained context, bounded by memory).
     #[arg(long, short = 'c')]
     pub ctx: Option<usize>,
+    /// How the KV cache stores keys and values: f16 (half the memory, as llama.cpp) or f32.
+    #[arg(long = "kv-type", value_name = "f16|f32", default_value = "f16")]
+    pub kv_type: crate::model::KvType,
     /// Apply a LoRA adapter folder (PEFT format, e.g. from `smelt finetune`), its update
     /// scaled by SCALE (default 1). Repeatable.
     #[arg(long = "lora", value_name = "DIR[:SCALE]")]
@@ -27,7 +30,7 @@ pub fn load_model(spec: Option<&str>, args: &ModelArgs) -> Result<Model> {
     let spec = spec.unwrap_or(DEFAULT_MODEL);
     let hub = Hub::from_env()?;
     let src = hub.resolve(spec)?;
-    let mut model = crate::load::load(src.path(), &LoadOptions { ctx: args.ctx })?;
+    let mut model = crate::load::load(src.path(), &LoadOptions { ctx: args.ctx, kv_type: args.kv_type })?;
     crate::lora::adapter::attach_all(&mut model.decoder, &args.lora)?;
     Ok(model)
 }

@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Tokens already in the cache before each test.
     #[arg(long, short = 'd', default_value_t = 0)]
     pub depth: usize,
+    /// How the KV cache stores keys and values (llama-bench's -ctk/-ctv; f16 is both
+    /// tools' default).
+    #[arg(long = "kv-type", value_name = "f16|f32", default_value = "f16")]
+    pub kv_type: crate::model::KvType,
     /// Timed repetitions of each test.
     #[arg(long, short = 'r', default_value_t = 5)]
     pub reps: usize,
@@ -69,7 +73,8 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     let mem_read_gbs = bench::membw::read_bandwidth(512 << 20, 5);
     bench::reset_peak_rss();
     let t0 = std::time::Instant::now();
-    let dec = bench::decoder_from_gguf(file.clone(), bench::ctx_needed(a.prompt, a.gen, a.depth))?;
+    let mut dec = bench::decoder_from_gguf(file.clone(), bench::ctx_needed(a.prompt, a.gen, a.depth))?;
+    dec.kv_type = a.kv_type;
     let load_s = t0.elapsed().as_secs_f64();
     let mut tests = Vec::new();
     if a.prompt > 0 {
@@ -87,6 +92,7 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         params: bench::n_params(&file),
         threads,
         isa: format!("{:?}", Isa::current()),
+        kv_type: a.kv_type,
         weight_bytes_per_token: bench::weight_bytes_per_token(&file),
         tests,
         mem_read_gbs,
@@ -98,13 +104,14 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model: {} | {} | {} | {:.2} B params | {} threads | {} kernels",
+        "model: {} | {} | {} | {:.2} B params | {} threads | {} kernels | {} KV cache",
         report.model,
         report.types,
         human(report.file_bytes),
         report.params as f64 / 1e9,
         report.threads,
-        report.isa
+        report.isa,
+        report.kv_type
     );
     println!("| test            |             t/s | bandwidth |");
     println!("| --------------- | --------------: | --------: |");

@@ -176,7 +176,7 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.max_repeat) {
         bail!("--max-repeat must be in [0, 1], got {}", a.max_repeat);
     }
-    let model = crate::load::load(&a.teacher, &crate::load::LoadOptions { ctx: a.ctx }).map_err(|e| e.context(format!("teacher {}", a.teacher.display())))?;
+    let model = crate::load::load(&a.teacher, &crate::load::LoadOptions { ctx: a.ctx, ..Default::default() }).map_err(|e| e.context(format!("teacher {}", a.teacher.display())))?;
     let sampling = crate::sample::SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, min_p: 0.0, seed: Some(a.seed), ..Default::default() };
     let opts = SynthOptions {
         n: a.n,

@@ -34,7 +34,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!("{} is not valid UTF-8 (byte {})", a.file.display(), e.utf8_error().valid_up_to())
     })?;
-    let model = load_model(a.model.as_deref(), &ModelArgs { ctx: Some(a.ctx), lora: a.lora.clone() })?;
+    let model = load_model(a.model.as_deref(), &ModelArgs { ctx: Some(a.ctx), kv_type: Default::default(), lora: a.lora.clone() })?;
     let tok = &model.tokenizer;
     let tokens = tok.encode(&text, true, false)?;
     let bos = if tok.add_bos() { tok.bos_id() } else { None };

@@ -35,7 +35,7 @@ pub struct QuantizeArgs {
 
 /// Perplexity and the number of chunks scored.
 fn ppl(model: &Path, text: &str, ctx: usize, chunks: usize) -> Result<(f64, usize)> {
-    let m = load(model, &LoadOptions { ctx: Some(ctx) })?;
+    let m = load(model, &LoadOptions { ctx: Some(ctx), ..Default::default() })?;
     let tokens = m.tokenizer.encode(text, true, false)?;
     let bos = if m.tokenizer.add_bos() { m.tokenizer.bos_id() } else { None };
     let r = perplexity(&m.decoder, &tokens, ctx, Some(chunks), bos, |_, _, _| {})?;

@@ -27,7 +27,7 @@ pub fn load_teacher(path: &Path, seq: usize) -> Result<TeacherModel> {
         bail!("teacher {}: no such file or folder", path.display());
     }
     // Rope tables and the context check for exactly the windows distilled on.
-    let model = crate::load::load(path, &LoadOptions { ctx: Some(seq.max(2)) })
+    let model = crate::load::load(path, &LoadOptions { ctx: Some(seq.max(2)), ..Default::default() })
         .with_context(|| format!("teacher {} with {seq}-token windows (model.ctx)", path.display()))?;
     Ok(TeacherModel { decoder: Arc::new(model.decoder.clone()), model })
 }

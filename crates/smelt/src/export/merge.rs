@@ -46,7 +46,7 @@ fn encode(t: &Tensor, ty: GgmlType) -> Result<Vec<u8>> {
 
 /// Sum of every adapter's `(GGUF tensor name → ΔW)` in the model's row order.
 fn gguf_deltas(base: &Path, specs: &[AdapterSpec]) -> Result<HashMap<String, Tensor>> {
-    let model = crate::load::load(base, &crate::load::LoadOptions { ctx: Some(2) })?;
+    let model = crate::load::load(base, &crate::load::LoadOptions { ctx: Some(2), ..Default::default() })?;
     let mut dec = model.decoder;
     let mut out: HashMap<String, Tensor> = HashMap::new();
     for s in specs {
@@ -106,7 +106,7 @@ pub fn merge_hf(base: &Path, specs: &[AdapterSpec], out: &Path) -> Result<usize>
         bail!("{} exists and is not empty", out.display());
     }
     // Check every adapter against the model first (shapes, layers).
-    let model = crate::load::load(base, &crate::load::LoadOptions { ctx: Some(2) })?;
+    let model = crate::load::load(base, &crate::load::LoadOptions { ctx: Some(2), ..Default::default() })?;
     let mut dec = model.decoder;
     let adapters: Vec<(Adapter, f64)> = specs.iter().map(|s| Ok((Adapter::load(&s.dir)?, s.scale))).collect::<Result<_>>()?;
     for (a, s) in &adapters {

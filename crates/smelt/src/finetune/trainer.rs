@@ -92,7 +92,7 @@ fn sha256_file(p: &Path) -> Result<String> {
 /// The base model with its template (unless `raw`), loaded for fine-tuning.
 pub fn load_base(cfg: &FinetuneConfig) -> Result<(Model, Option<ChatTemplate>)> {
     let ctx = (cfg.max_len > 0).then_some(cfg.max_len);
-    let model = crate::load::load(&cfg.base, &LoadOptions { ctx }).with_context(|| format!("base model {}", cfg.base.display()))?;
+    let model = crate::load::load(&cfg.base, &LoadOptions { ctx, ..Default::default() }).with_context(|| format!("base model {}", cfg.base.display()))?;
     let template = match (&model.chat_template, cfg.raw) {
         (Some(src), false) => Some(ChatTemplate::new(src, model.special_tokens()).context("the model's chat template")?),
         _ => None,

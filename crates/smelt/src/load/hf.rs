@@ -129,7 +129,7 @@ fn open_hf(dir: &Path, ctx: Option<usize>) -> Result<(Decoder, BTreeMap<String, 
     let cfg = hf_config::config_from_hf(&cfg_json).with_context(|| format!("{}/config.json", dir.display()))?;
     let files = safetensors_files(dir)?;
     let st = SafetensorsTensors::open(&files, cfg.arch, Device::Cpu)?;
-    let ctx = choose_ctx(&cfg, ctx)?;
+    let ctx = choose_ctx(&cfg, ctx, crate::model::KvType::default())?;
     let is_gemma = matches!(cfg.arch, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3);
     let shifted = ShiftNorms { inner: &st };
     let src: &dyn TensorSource = if is_gemma { &shifted } else { &st };
@@ -141,7 +141,8 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Model> {
     if !dir.join("config.json").is_file() {
         bail!("{}: not a model folder (no config.json)", dir.display());
     }
-    let (decoder, tensor_types) = open_hf(dir, opts.ctx)?;
+    let (mut decoder, tensor_types) = open_hf(dir, opts.ctx)?;
+    decoder.kv_type = opts.kv_type;
     let n_tensors = tensor_types.values().sum();
     let mut tokenizer = Tokenizer::from_hf_dir(dir).with_context(|| format!("{}: tokenizer", dir.display()))?;
     let extra_eos = generation_eos(dir)?;

@@ -30,6 +30,8 @@ pub enum Format {
 pub struct LoadOptions {
     /// Context size; None = the model's trained context, bounded by available memory.
     pub ctx: Option<usize>,
+    /// How KV caches store entries (f16 unless asked otherwise).
+    pub kv_type: crate::model::KvType,
 }
 
 /// Facts about the loaded files, for `smelt info` and `--verbose`.
@@ -64,9 +66,9 @@ impl Model {
     }
 }
 
-/// KV-cache bytes one token costs at f32.
-pub fn kv_bytes_per_token(cfg: &ModelConfig) -> usize {
-    cfg.n_layers() * 2 * cfg.n_kv_heads * cfg.head_dim * 4
+/// KV-cache bytes one token costs, stored as `kv_type`.
+pub fn kv_bytes_per_token(cfg: &ModelConfig, kv_type: crate::model::KvType) -> usize {
+    cfg.n_layers() * 2 * cfg.n_kv_heads * cfg.head_dim * kv_type.bytes()
 }
 
 fn mem_available() -> Option<u64> {
@@ -77,7 +79,7 @@ fn mem_available() -> Option<u64> {
 
 /// The context to run with: what was asked (checked), else the trained context capped so a
 /// full KV cache fits in half the available memory.
-pub fn choose_ctx(cfg: &ModelConfig, asked: Option<usize>) -> Result<usize> {
+pub fn choose_ctx(cfg: &ModelConfig, asked: Option<usize>, kv_type: crate::model::KvType) -> Result<usize> {
     if let Some(c) = asked {
         if c < 2 {
             bail!("--ctx must be at least 2, got {c}");
@@ -91,7 +93,7 @@ pub fn choose_ctx(cfg: &ModelConfig, asked: Option<usize>) -> Result<usize> {
         return Ok(c);
     }
     let budget = mem_available().map_or(u64::MAX, |m| m / 2);
-    let fit = (budget / kv_bytes_per_token(cfg).max(1) as u64) as usize;
+    let fit = (budget / kv_bytes_per_token(cfg, kv_type).max(1) as u64) as usize;
     let ctx = cfg.max_position.min(fit.max(512) / 256 * 256).max(2);
     if ctx < cfg.max_position {
         tracing::info!(
@@ -127,8 +129,9 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
             cfg.vocab_size
         );
     }
-    let ctx = choose_ctx(&cfg, opts.ctx)?;
-    let decoder = Decoder::load(&cfg, &src, ctx, &device).with_context(|| path.display().to_string())?;
+    let ctx = choose_ctx(&cfg, opts.ctx, opts.kv_type)?;
+    let mut decoder = Decoder::load(&cfg, &src, ctx, &device).with_context(|| path.display().to_string())?;
+    decoder.kv_type = opts.kv_type;
     let mut tensor_types = BTreeMap::new();
     for t in &file.tensors {
         *tensor_types.entry(t.dtype.name().to_string()).or_insert(0) += 1;

@@ -2,7 +2,7 @@
 //! logit soft-capping.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::kv_cache::KvCache;
 use super::linear::Linear;
@@ -151,6 +151,8 @@ impl Attention {
             return Ok(out.transpose(1, 2)?.reshape((s, nh * hd))?);
         }
 
+        // This path multiplies in f32: widen an f16 cache's history.
+        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         // Fold the query heads that share a kv head into the row axis:
         // (1, nh, s, hd) -> (1, nkv, rep*s, hd), so no kv copy is needed for GQA.
         let q = (q * self.scale)?.reshape((1, nkv, rep * s, hd))?;

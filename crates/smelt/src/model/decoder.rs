@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 
 use super::attention::{Attention, QkvProj};
 use super::config::{Arch, ModelConfig};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvType};
 use super::linear::{Embedding, Linear};
 use super::mlp::{GateUp, Mlp};
 use super::norm::RmsNorm;
@@ -39,6 +39,8 @@ pub struct Decoder {
     pub ropes: Vec<Rope>,
     /// Largest context this instance can run (rope tables are built for it).
     pub n_ctx: usize,
+    /// How [`Decoder::new_cache`] stores keys and values.
+    pub kv_type: KvType,
     pub device: Device,
 }
 
@@ -200,12 +202,13 @@ impl Decoder {
             lm_head,
             ropes,
             n_ctx,
+            kv_type: KvType::default(),
             device: device.clone(),
         })
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.blocks.len(), self.n_ctx)
+        KvCache::new(self.blocks.len(), self.n_ctx, self.kv_type)
     }
 
     /// Hidden states after the final norm for a batch of sequences: `(Σs, hidden)`.

@@ -3,9 +3,55 @@
 //! Buffers are `(1, n_kv_heads, capacity, head_dim)` and grow by doubling up to the
 //! context limit, so a short chat does not pay for an 8K context up front and appending
 //! a token never copies the whole history.
+//!
+//! Entries are stored in f16 by default, as llama.cpp stores them: half the memory and half
+//! the bytes a decode step reads at depth, for a rounding error (2⁻¹¹ relative) far below
+//! a 4-bit weight's. `--kv-type f32` keeps them exact (the parity tests use it).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+
+/// How cache entries are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvType {
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvType {
+    pub fn dtype(self) -> DType {
+        match self {
+            KvType::F16 => DType::F16,
+            KvType::F32 => DType::F32,
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        self.dtype().size_in_bytes()
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<KvType, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvType::F16),
+            "f32" => Ok(KvType::F32),
+            _ => Err(format!("unknown KV-cache type {s:?} (expected f16 or f32)")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 struct LayerKv {
@@ -20,13 +66,18 @@ pub struct KvCache {
     len: usize,
     /// Hard limit: the context size this cache was created for.
     max_len: usize,
+    kv_type: KvType,
 }
 
 const MIN_CAPACITY: usize = 64;
 
 impl KvCache {
-    pub fn new(n_layers: usize, max_len: usize) -> KvCache {
-        KvCache { layers: vec![None; n_layers], len: 0, max_len }
+    pub fn new(n_layers: usize, max_len: usize, kv_type: KvType) -> KvCache {
+        KvCache { layers: vec![None; n_layers], len: 0, max_len, kv_type }
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Tokens already in the cache; the next token goes at this position.
@@ -74,7 +125,9 @@ impl KvCache {
     }
 
     /// Append `k, v: (1, n_kv, s, hd)` for `layer` at position `len()` and return the
-    /// whole history `(1, n_kv, len + s, hd)`. Call for every layer, then [`commit`].
+    /// whole history `(1, n_kv, len + s, hd)`, in the cache's type (f16 views go straight
+    /// to the fused attention op, which reads them in place). Call for every layer, then
+    /// [`commit`].
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, n_kv, s, hd) = k.dims4()?;
         let len = self.len;
@@ -82,12 +135,13 @@ impl KvCache {
         if need > self.max_len {
             bail!("context is full ({need} > {})", self.max_len);
         }
+        let dtype = self.kv_type.dtype();
         let entry = &mut self.layers[layer];
         let cap = entry.as_ref().map_or(0, |l| l.k.dims()[2]);
         if need > cap {
             let new_cap = need.max(cap * 2).max(MIN_CAPACITY).min(self.max_len);
             let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-                let t = Tensor::zeros((1, n_kv, new_cap, hd), DType::F32, &Device::Cpu)?;
+                let t = Tensor::zeros((1, n_kv, new_cap, hd), dtype, &Device::Cpu)?;
                 if let Some(old) = old {
                     if len > 0 {
                         t.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
@@ -100,8 +154,8 @@ impl KvCache {
             *entry = Some(LayerKv { k: nk, v: nv });
         }
         let l = entry.as_ref().expect("allocated above");
-        l.k.slice_set(&k.contiguous()?, 2, len)?;
-        l.v.slice_set(&v.contiguous()?, 2, len)?;
+        l.k.slice_set(&k.to_dtype(dtype)?.contiguous()?, 2, len)?;
+        l.v.slice_set(&v.to_dtype(dtype)?.contiguous()?, 2, len)?;
         Ok((l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?))
     }
 
@@ -117,18 +171,31 @@ mod tests {
 
     #[test]
     fn grows_and_keeps_history() {
-        let mut c = KvCache::new(1, 200);
-        let mut all = Vec::new();
-        for step in 0..100 {
-            let k = Tensor::full(step as f32, (1, 2, 1, 4), &Device::Cpu).unwrap();
-            let (kk, _) = c.append(0, &k, &k).unwrap();
-            c.commit(1);
-            all.push(step as f32);
-            let got: Vec<f32> = kk.narrow(1, 0, 1).unwrap().narrow(3, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(got, all);
+        for kv_type in [KvType::F32, KvType::F16] {
+            let mut c = KvCache::new(1, 200, kv_type);
+            let mut all = Vec::new();
+            for step in 0..100 {
+                let k = Tensor::full(step as f32, (1, 2, 1, 4), &Device::Cpu).unwrap();
+                let (kk, _) = c.append(0, &k, &k).unwrap();
+                assert_eq!(kk.dtype(), kv_type.dtype());
+                c.commit(1);
+                all.push(step as f32); // small integers: exact in f16 too
+                let got: Vec<f32> =
+                    kk.narrow(1, 0, 1).unwrap().narrow(3, 0, 1).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(got, all);
+            }
+            // Capacity 128 (64, doubled) × 2 heads × 4 values, K and V.
+            assert_eq!(c.bytes(), 2 * 128 * 2 * 4 * kv_type.bytes());
+            assert!(c.reserve(101).is_err());
+            c.truncate(10);
+            assert_eq!(c.len(), 10);
         }
-        assert!(c.reserve(101).is_err());
-        c.truncate(10);
-        assert_eq!(c.len(), 10);
+    }
+
+    #[test]
+    fn kv_type_parses() {
+        assert_eq!("F16".parse::<KvType>().unwrap(), KvType::F16);
+        assert_eq!("f32".parse::<KvType>().unwrap(), KvType::F32);
+        assert!("q8_0".parse::<KvType>().unwrap_err().contains("f16 or f32"));
     }
 }

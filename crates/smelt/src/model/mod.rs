@@ -11,4 +11,4 @@ pub mod rope;
 
 pub use config::{Arch, ModelConfig};
 pub use decoder::{Decoder, Logits, SeqInput};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvType};

@@ -224,7 +224,7 @@ fn step(slots: &mut [Slot], model: &Model, table: &TokenTable, metrics: &Metrics
     }
     let t0 = Instant::now();
     // One forward pass for everyone: prompt chunks and single decode tokens together.
-    let mut caches: Vec<KvCache> = feeds.iter().map(|(i, _)| std::mem::replace(&mut slots[*i].cache, KvCache::new(0, 0))).collect();
+    let mut caches: Vec<KvCache> = feeds.iter().map(|(i, _)| std::mem::replace(&mut slots[*i].cache, KvCache::new(0, 0, Default::default()))).collect();
     let result = {
         let mut inputs: Vec<SeqInput> =
             feeds.iter().zip(caches.iter_mut()).map(|((_, toks), c)| SeqInput { tokens: toks, cache: Some(c) }).collect();

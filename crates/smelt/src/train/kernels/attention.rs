@@ -21,11 +21,17 @@ use crate::train::simd::{self, exp, multiversion};
 
 multiversion! {
     /// Softmax of `row[..valid]` in place; `row[valid..]` becomes 0.
+    ///
+    /// A score more than [`FLUSH`] below the row's largest gets probability 0, not
+    /// `e^(x - m)`: those would become subnormal floats once divided by the sum, and every
+    /// multiply that touches a subnormal costs a microcode assist on x86. With peaked
+    /// attention at depth, that made `P·V` several times slower than its FMAs.
     fn softmax_row(row: &mut [f32], valid: usize) {
         let (live, dead) = row.split_at_mut(valid);
         let m = simd::max(live);
         for v in live.iter_mut() {
-            *v = exp(*v - m);
+            let z = *v - m;
+            *v = if z < -FLUSH { 0.0 } else { exp(z) };
         }
         let inv = 1.0 / simd::sum(live);
         for v in live.iter_mut() {
@@ -34,6 +40,11 @@ multiversion! {
         dead.fill(0.0);
     }
 }
+
+/// Scores this far below a row's largest get probability 0 in [`softmax_row`]:
+/// `e^-64 ≈ 1.6e-28`, negligible beside the largest term (1) yet far from f32's subnormals
+/// (below 1.2e-38) even after division by a sum over a million keys.
+const FLUSH: f32 = 64.0;
 
 /// `p[j] = scale · q · k_j` for the `t` rows `k_j` of `k` (each `q.len()` long).
 fn scores_row(q: &[f32], k: &[f32], scale: f32, p: &mut [f32]) {
@@ -63,11 +74,77 @@ unsafe fn scores_row_avx512(q: &[f32], k: &[f32], scale: f32, p: &mut [f32]) {
     }
 }
 
+/// `o = Σ_j p[j] · v_j` over the rows `v_j` of `v` (each `o.len()` long).
+fn weighted_rows(p: &[f32], v: &[f32], o: &mut [f32]) {
+    o.fill(0.0);
+    weighted_rows_add(p, v, o);
+}
+
+/// `o += Σ_j p[j] · v_j` over the rows `v_j` of `v` (each `o.len()` long).
+fn weighted_rows_add(p: &[f32], v: &[f32], o: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if o.len() % 16 == 0 && crate::train::simd::has_avx512() {
+        // SAFETY: the CPU has AVX-512F; `v` holds `p.len()` rows of `o.len()` values.
+        return unsafe { weighted_rows_add_avx512(p, v, o) };
+    }
+    weighted_rows_add_plain(p, v, o)
+}
+
+/// [`weighted_rows_add`] with the output held in registers across all rows of `v`, 64
+/// columns at a time, and two rows per step into separate sums (the plain loop loads and
+/// stores `o` once per row, which made it the costliest part of a decode step at depth).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_rows_add_avx512(p: &[f32], v: &[f32], o: &mut [f32]) {
+    let d = o.len();
+    assert!(v.len() >= p.len() * d && d % 16 == 0);
+    let mut c = 0;
+    while c + 64 <= d {
+        weighted_block::<4>(p, v, d, c, o);
+        c += 64;
+    }
+    while c < d {
+        weighted_block::<1>(p, v, d, c, o);
+        c += 16;
+    }
+}
+
+/// Columns `c..c + 16·W` of [`weighted_rows_add_avx512`]: `2·W` accumulators, a constant
+/// count so they stay in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn weighted_block<const W: usize>(p: &[f32], v: &[f32], d: usize, c: usize, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (n, vp) = (p.len(), v.as_ptr().add(c));
+    let mut a = [_mm512_setzero_ps(); W];
+    let mut b = [_mm512_setzero_ps(); W];
+    let mut j = 0;
+    while j + 2 <= n {
+        let (x, y) = (_mm512_set1_ps(*p.get_unchecked(j)), _mm512_set1_ps(*p.get_unchecked(j + 1)));
+        let (r0, r1) = (vp.add(j * d), vp.add((j + 1) * d));
+        for u in 0..W {
+            a[u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(r0.add(16 * u)), a[u]);
+            b[u] = _mm512_fmadd_ps(y, _mm512_loadu_ps(r1.add(16 * u)), b[u]);
+        }
+        j += 2;
+    }
+    if j < n {
+        let x = _mm512_set1_ps(p[j]);
+        for u in 0..W {
+            a[u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(vp.add(j * d + 16 * u)), a[u]);
+        }
+    }
+    for u in 0..W {
+        let at = o.as_mut_ptr().add(c + 16 * u);
+        _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), _mm512_add_ps(a[u], b[u])));
+    }
+}
+
 multiversion! {
-    /// `o = Σ_j p[j] · v_j` over the rows `v_j` of `v` (each `o.len()` long).
-    fn weighted_rows(p: &[f32], v: &[f32], o: &mut [f32]) {
+    /// `o += Σ_j p[j] · v_j`: the portable loop, and the oracle of the AVX-512 one.
+    fn weighted_rows_add_plain(p: &[f32], v: &[f32], o: &mut [f32]) {
         let d = o.len();
-        o.fill(0.0);
         for (&pj, vj) in p.iter().zip(v.chunks_exact(d)) {
             for i in 0..d {
                 o[i] += pj * vj[i];
@@ -144,34 +221,12 @@ impl AttentionOp {
             .collect())
     }
 
-    /// `P` for the rows of query head `qh` (s × d) in segment `g` against the head's keys
-    /// `kg` (t × d), into `p` (len × (pos + len)).
-    fn probs(&self, qh: &[f32], kg: &[f32], p: &mut [f32], g: Seg, d: usize) {
-        let tk = g.pos + g.len;
-        let p = &mut p[..g.len * tk];
-        matmul(p, Mat::rows(&qh[g.qa * d..(g.qa + g.len) * d], g.len, d), Mat::rows(&kg[g.ka * d..(g.ka + tk) * d], tk, d).t(), self.scale, false);
-        for (i, row) in p.chunks_mut(tk).enumerate() {
-            softmax_row(row, g.pos + i + 1);
-        }
-    }
-}
-
-impl CustomOp3 for AttentionOp {
-    fn name(&self) -> &'static str {
-        "fused-attention"
-    }
-
-    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dm = Dims::of(ql, kl, vl)?;
-        let q = f32_data(qs, ql, "attention")?;
-        let (k, v) = (HeadRows::of(ks, kl)?, HeadRows::of(vs, vl)?);
+    /// One (batch, kv head) task over f32 keys and values (f16 ones widened first): the
+    /// group's `rep` query heads into `og`.
+    #[allow(clippy::too_many_arguments)]
+    fn task_f32(&self, q: &[f32], k: &HeadRows, v: &HeadRows, dm: &Dims, segs: &[Seg], gi: usize, og: &mut [f32]) {
         let (s, t, d, rep) = (dm.s, dm.t, dm.d, dm.h / dm.kv);
-        let segs = self.segs(&dm)?;
-        let mut o = vec![0f32; q.len()];
-        // One task per (batch, kv head): its `rep` query heads are contiguous in q and o.
-        let task = |(gi, og): (usize, &mut [f32])| {
-            let kg = k.head(gi, dm.kv, t * d);
-            let vg = v.head(gi, dm.kv, t * d);
+        with_f32_heads(k, v, gi, dm.kv, t * d, |kg, vg| {
             // Queries in blocks of QB: a block only needs the keys up to its last position,
             // so a prefill computes the causal half of the scores, not all of them.
             if s == 1 && self.segments.is_empty() {
@@ -199,7 +254,7 @@ impl CustomOp3 for AttentionOp {
             for r in 0..rep {
                 let qh = &q[(gi * rep + r) * s * d..][..s * d];
                 let oh = &mut og[r * s * d..(r + 1) * s * d];
-                for g in &segs {
+                for g in segs {
                     let (kgs, vgs) = (&kg[g.ka * d..], &vg[g.ka * d..]);
                     for i0 in (0..g.len).step_by(QB) {
                         let (bq, tk) = ((g.len - i0).min(QB), g.pos + (i0 + QB).min(g.len));
@@ -213,8 +268,42 @@ impl CustomOp3 for AttentionOp {
                     }
                 }
             }
-        };
-        // A decode step over a short cache is a few microseconds of work per head: not
+        })
+    }
+
+    /// `P` for the rows of query head `qh` (s × d) in segment `g` against the head's keys
+    /// `kg` (t × d), into `p` (len × (pos + len)).
+    fn probs(&self, qh: &[f32], kg: &[f32], p: &mut [f32], g: Seg, d: usize) {
+        let tk = g.pos + g.len;
+        let p = &mut p[..g.len * tk];
+        matmul(p, Mat::rows(&qh[g.qa * d..(g.qa + g.len) * d], g.len, d), Mat::rows(&kg[g.ka * d..(g.ka + tk) * d], tk, d).t(), self.scale, false);
+        for (i, row) in p.chunks_mut(tk).enumerate() {
+            softmax_row(row, g.pos + i + 1);
+        }
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(ql, kl, vl)?;
+        let q = f32_data(qs, ql, "attention")?;
+        let (k, v) = (HeadRows::of(ks, kl)?, HeadRows::of(vs, vl)?);
+        let (s, t, d, rep) = (dm.s, dm.t, dm.d, dm.h / dm.kv);
+        let segs = self.segs(&dm)?;
+        let mut o = vec![0f32; q.len()];
+        // One task per (batch, kv head): its `rep` query heads are contiguous in q and o.
+        let task = |(gi, og): (usize, &mut [f32])| {
+            if s == 1 && self.segments.is_empty() {
+                if let (Some(kg), Some(vg)) = (k.f16_head(gi, dm.kv, t * d), v.f16_head(gi, dm.kv, t * d)) {
+                    return decode_f16(&q[gi * rep * d..(gi + 1) * rep * d], kg, vg, d, self.scale, og);
+                }
+            }
+            self.task_f32(&q, &k, &v, &dm, &segs, gi, og)
+        };        // A decode step over a short cache is a few microseconds of work per head: not
         // worth handing to the other threads.
         if s == 1 && self.segments.is_empty() && dm.h * t * d < 1 << 18 {
             o.chunks_mut(rep * s * d).enumerate().for_each(task);
@@ -273,16 +362,27 @@ impl CustomOp3 for AttentionOp {
 
 /// `k` or `v` data `(b, kv, t, d)` whose rows are contiguous within each head, heads and
 /// batches at any stride: a view into a longer KV cache is read in place, not copied.
+/// f16 data (an inference KV cache) is widened one head at a time by [`with_f32_heads`].
 struct HeadRows<'a> {
-    data: &'a [f32],
+    data: KvData<'a>,
     start: usize,
     batch_stride: usize,
     head_stride: usize,
 }
 
+#[derive(Clone, Copy)]
+enum KvData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
 impl<'a> HeadRows<'a> {
     fn of(st: &'a CpuStorage, l: &Layout) -> Result<HeadRows<'a>> {
-        let CpuStorage::F32(data) = st else { candle_core::bail!("attention: f32 only") };
+        let data = match st {
+            CpuStorage::F32(d) => KvData::F32(d),
+            CpuStorage::F16(d) => KvData::F16(d),
+            _ => candle_core::bail!("attention: k/v must be f32 or f16, got {:?}", candle_core::backend::BackendStorage::dtype(st)),
+        };
         let st = l.stride();
         if !head_rows_contiguous(l) {
             candle_core::bail!("attention: k/v rows must be contiguous within a head (strides {st:?})");
@@ -290,11 +390,101 @@ impl<'a> HeadRows<'a> {
         Ok(HeadRows { data, start: l.start_offset(), batch_stride: st[0], head_stride: st[1] })
     }
 
-    /// The `len` values of head `gi` (batch `gi / kv`, head `gi % kv`).
-    fn head(&self, gi: usize, kv: usize, len: usize) -> &'a [f32] {
-        let at = self.start + gi / kv * self.batch_stride + gi % kv * self.head_stride;
-        &self.data[at..at + len]
+    /// Where the `len` values of head `gi` (batch `gi / kv`, head `gi % kv`) start.
+    fn at(&self, gi: usize, kv: usize) -> usize {
+        self.start + gi / kv * self.batch_stride + gi % kv * self.head_stride
     }
+
+    /// The `len` f16 values of head `gi`, when the data is f16.
+    fn f16_head(&self, gi: usize, kv: usize, len: usize) -> Option<&'a [half::f16]> {
+        let at = self.at(gi, kv);
+        match self.data {
+            KvData::F16(d) => Some(&d[at..at + len]),
+            KvData::F32(_) => None,
+        }
+    }
+
+    /// The `len` values of head `gi` as f32: borrowed, or widened into `buf`.
+    fn head<'s>(&'s self, gi: usize, kv: usize, len: usize, buf: &'s mut Vec<f32>) -> &'s [f32] {
+        let at = self.at(gi, kv);
+        match self.data {
+            KvData::F32(d) => &d[at..at + len],
+            KvData::F16(d) => {
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+                simd::widen_f16(&d[at..at + len], &mut buf[..len]);
+                &buf[..len]
+            }
+        }
+    }
+}
+
+/// f32 values widened at a time by [`decode_f16`]: 16 KiB, which stays in L1.
+const WIDE: usize = 4096;
+
+/// A decode step's attention for one kv group over an f16 cache: queries `qg` (`rep × d`),
+/// keys and values `kg`, `vg` (`t × d`) → `og` (`rep × d`). Keys and values are widened a
+/// chunk at a time into an L1-resident buffer, each chunk serving all `rep` query heads, so
+/// the cache is read once at 2 bytes a value, and nothing is allocated but the scores.
+fn decode_f16(qg: &[f32], kg: &[half::f16], vg: &[half::f16], d: usize, scale: f32, og: &mut [f32]) {
+    let (rep, t) = (qg.len() / d, kg.len() / d);
+    let ch = (WIDE / d).max(1);
+    let mut stack = [0f32; WIDE];
+    let mut heap = Vec::new();
+    let buf: &mut [f32] = if ch * d <= WIDE {
+        &mut stack[..ch * d]
+    } else {
+        heap.resize(ch * d, 0.0);
+        &mut heap
+    };
+    let mut p = vec![0f32; rep * t];
+    for j0 in (0..t).step_by(ch) {
+        let n = ch.min(t - j0);
+        let kc = &mut buf[..n * d];
+        simd::widen_f16(&kg[j0 * d..(j0 + n) * d], kc);
+        for (r, pr) in p.chunks_mut(t).enumerate() {
+            scores_row(&qg[r * d..(r + 1) * d], kc, scale, &mut pr[j0..j0 + n]);
+        }
+    }
+    for pr in p.chunks_mut(t) {
+        softmax_row(pr, t);
+    }
+    og.fill(0.0);
+    for j0 in (0..t).step_by(ch) {
+        let n = ch.min(t - j0);
+        let vc = &mut buf[..n * d];
+        simd::widen_f16(&vg[j0 * d..(j0 + n) * d], vc);
+        for (r, pr) in p.chunks(t).enumerate() {
+            weighted_rows_add(&pr[j0..j0 + n], vc, &mut og[r * d..(r + 1) * d]);
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread buffers for one head's widened f16 keys and values, kept between calls
+    /// so a decode step allocates nothing.
+    static WIDE_KV: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::default();
+}
+
+/// Run `f` on head `gi`'s keys and values as f32 (`len` values each). f32 data is passed
+/// in place; f16 data is widened into this thread's buffers (about `2·len·4` bytes, which
+/// stays in cache while `f` reads it, where the f16 rows came from memory at half the
+/// bytes). `f` must not re-enter the op on the same thread (it runs no parallel work).
+fn with_f32_heads<R>(k: &HeadRows, v: &HeadRows, gi: usize, kv: usize, len: usize, f: impl FnOnce(&[f32], &[f32]) -> R) -> R {
+    if let (KvData::F32(_), KvData::F32(_)) = (k.data, v.data) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        return f(k.head(gi, kv, len, &mut a), v.head(gi, kv, len, &mut b));
+    }
+    WIDE_KV.with(|cell| {
+        let mut fresh = <(Vec<f32>, Vec<f32>)>::default();
+        let mut guard = cell.try_borrow_mut();
+        let (kb, vb) = match guard.as_deref_mut() {
+            Ok((kb, vb)) => (kb, vb),
+            Err(_) => (&mut fresh.0, &mut fresh.1),
+        };
+        f(k.head(gi, kv, len, kb), v.head(gi, kv, len, vb))
+    })
 }
 
 /// Whether a `(b, kv, t, d)` layout has each head's `t × d` values contiguous.
@@ -354,6 +544,7 @@ pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Re
 
 #[cfg(test)]
 mod tests {
+    use super::super::tensor_vec;
     use super::*;
     use candle_core::{Device, Var};
 
@@ -374,6 +565,44 @@ mod tests {
                 crate::train::kernels::assert_close(ga.get(x).unwrap(), gb.get(x).unwrap(), 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn weighted_rows_match_plain_loop() {
+        for (n, d) in [(1, 16), (7, 64), (33, 80), (5, 128), (2, 256), (0, 64)] {
+            let p: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+            let v: Vec<f32> = (0..n * d).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect();
+            let start: Vec<f32> = (0..d).map(|i| i as f32 / 10.0).collect();
+            let (mut a, mut b) = (start.clone(), start);
+            weighted_rows_add(&p, &v, &mut a);
+            weighted_rows_add_plain(&p, &v, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "n {n} d {d}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn f16_keys_and_values_read_in_place() {
+        // An f16 KV-cache view (a narrow of a longer buffer) gives exactly what its f32
+        // widening gives: decode with few and many query heads per kv head, and prefill.
+        let dev = Device::Cpu;
+        for (h, kvh, s, t) in [(4, 2, 1, 40), (8, 1, 1, 70), (4, 2, 9, 70), (3, 3, 70, 70)] {
+            let q = Tensor::randn(0f32, 1.0, (1, h, s, 16), &dev).unwrap();
+            let cache = |_| Tensor::randn(0f32, 1.0, (1, kvh, t + 5, 16), &dev).unwrap().to_dtype(candle_core::DType::F16).unwrap();
+            let (k, v) = (cache(0).narrow(2, 0, t).unwrap(), cache(1).narrow(2, 0, t).unwrap());
+            let wide = |x: &Tensor| x.to_dtype(candle_core::DType::F32).unwrap();
+            let a = attention(&q, &k, &v, 0.3).unwrap();
+            let b = attention(&q, &wide(&k), &wide(&v), 0.3).unwrap();
+            if s > 1 {
+                // Prefill widens the heads and runs the f32 code: the same numbers exactly.
+                assert_eq!(tensor_vec(&a).unwrap(), tensor_vec(&b).unwrap(), "h {h} kv {kvh} s {s} t {t}");
+            }
+            crate::train::kernels::assert_close(&a, &attention_reference(&q, &wide(&k), &wide(&v), 0.3).unwrap(), 1e-5);
+        }
+        let k = Tensor::zeros((1, 1, 4, 16), candle_core::DType::BF16, &dev).unwrap();
+        let q = Tensor::zeros((1, 1, 1, 16), candle_core::DType::F32, &dev).unwrap();
+        assert!(attention(&q, &k, &k, 1.0).unwrap_err().to_string().contains("f32 or f16"));
     }
 
     #[test]
