@@ -120,7 +120,15 @@ pub struct QWeight {
     packed: Option<std::sync::Arc<packed::Packed>>,
     /// `Wᵀ` in packed Q8_0, built on first use by [`QWeight::transposed_int8`] (training's
     /// backward products) and shared by every clone.
-    transposed: std::sync::Arc<OnceLock<Option<packed::Packed>>>,
+    transposed: std::sync::Arc<OnceLock<Option<Transposed>>>,
+}
+
+/// A built `Wᵀ` and its share of the process's budget, given back when the last clone of
+/// its weight is dropped (a server that swaps models, or a test process that loads many,
+/// can build copies again).
+struct Transposed {
+    packed: packed::Packed,
+    _claim: Claim<'static>,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -195,7 +203,7 @@ impl QWeight {
     /// built so far would pass [`transposed_budget`] bytes (then the caller keeps its f32
     /// path). Q8_0 of the dequantized weight: each value within 1/254 of its block's largest.
     pub fn transposed_int8(&self) -> Option<&packed::Packed> {
-        self.transposed.get_or_init(|| self.build_transposed()).as_ref()
+        self.transposed.get_or_init(|| self.build_transposed()).as_ref().map(|t| &t.packed)
     }
 
     /// `dx (m × cols) = dy (m × rows) · W` on the int8 kernels through
@@ -217,48 +225,41 @@ impl QWeight {
         false
     }
 
-    fn build_transposed(&self) -> Option<packed::Packed> {
+    fn build_transposed(&self) -> Option<Transposed> {
         use rayon::prelude::*;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static BUILT: AtomicUsize = AtomicUsize::new(0);
+        static BUILT: Budget = Budget::new();
         let (rows, cols) = (self.rows, self.cols);
         if !rows.is_multiple_of(32) || !Isa::Avx512Vnni.is_available() {
             return None;
         }
-        let bytes = cols * (rows / 32) * GgmlType::Q8_0.type_size();
-        if BUILT.fetch_add(bytes, Ordering::Relaxed) + bytes > transposed_budget() {
-            BUILT.fetch_sub(bytes, Ordering::Relaxed);
-            return None;
-        }
-        // Bands of 32 weight rows: each is one Q8_0 block of every transposed row.
         let ts = GgmlType::Q8_0.type_size();
-        let bands: Vec<Vec<u8>> = (0..rows / 32)
-            .into_par_iter()
-            .map(|band| {
-                let mut w = vec![0f32; 32 * cols];
-                for (i, out) in w.chunks_exact_mut(cols).enumerate() {
-                    self.dequantize_row(32 * band + i, out);
-                }
-                let mut blocks = vec![0u8; cols * ts];
-                let mut col = [0f32; 32];
-                for (j, blk) in blocks.chunks_exact_mut(ts).enumerate() {
-                    for (i, v) in col.iter_mut().enumerate() {
-                        *v = w[i * cols + j];
-                    }
-                    quantize::quantize_row(GgmlType::Q8_0, &col, blk);
-                }
-                blocks
-            })
-            .collect();
-        let rb = (rows / 32) * ts;
+        let rb = (rows / 32) * ts; // bytes of one transposed row
+        let claim = BUILT.claim(cols * rb, transposed_budget())?;
+        // Bands of 32 weight rows: each is one Q8_0 block of every transposed row, written
+        // straight into place. The build holds this Q8_0 matrix, then the packed copy:
+        // twice the result, not three times as with a buffer per band.
         let mut t = vec![0u8; cols * rb];
-        for (band, blocks) in bands.iter().enumerate() {
-            for (j, blk) in blocks.chunks_exact(ts).enumerate() {
-                t[j * rb + band * ts..j * rb + (band + 1) * ts].copy_from_slice(blk);
+        let out = SyncPtr(t.as_mut_ptr());
+        (0..rows / 32).into_par_iter().for_each(|band| {
+            let out = &out;
+            let mut w = vec![0f32; 32 * cols];
+            for (i, row) in w.chunks_exact_mut(cols).enumerate() {
+                self.dequantize_row(32 * band + i, row);
             }
-        }
-        Some(packed::Packed::new(GgmlType::Q8_0, &t, cols, rows / 32))
+            let mut col = [0f32; 32];
+            let mut blk = vec![0u8; ts];
+            for j in 0..cols {
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v = w[i * cols + j];
+                }
+                quantize::quantize_row(GgmlType::Q8_0, &col, &mut blk);
+                // SAFETY: band `band` of row `j` is written by this task only, inside `t`.
+                unsafe { std::ptr::copy_nonoverlapping(blk.as_ptr(), out.0.add(j * rb + band * ts), ts) };
+            }
+        });
+        Some(Transposed { packed: packed::Packed::new(GgmlType::Q8_0, &t, cols, rows / 32), _claim: claim })
     }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -437,5 +438,52 @@ impl CustomOp1 for QWeight {
         let y = self.matmul_vec(x, m).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
         out.push(self.rows);
         Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+/// A raw pointer handed to parallel tasks that write disjoint parts of its buffer.
+struct SyncPtr(*mut u8);
+// SAFETY: the tasks write disjoint bytes; the buffer outlives them.
+unsafe impl Sync for SyncPtr {}
+
+/// Bytes of something a process may hold at most so much of, counted as claims are made
+/// and given back as they drop.
+pub struct Budget(std::sync::atomic::AtomicUsize);
+
+/// `bytes` of a [`Budget`], held until dropped.
+pub struct Claim<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Budget {
+    pub const fn new() -> Budget {
+        Budget(std::sync::atomic::AtomicUsize::new(0))
+    }
+
+    /// Claim `bytes` if the claims held would stay within `limit`.
+    pub fn claim(&self, bytes: usize, limit: usize) -> Option<Claim<'_>> {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(bytes).filter(|&h| h <= limit))
+            .ok()
+            .map(|_| Claim { budget: self, bytes })
+    }
+
+    /// Bytes claimed and not yet given back.
+    pub fn held(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::new()
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.budget.0.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
     }
 }

@@ -326,3 +326,18 @@ fn gathered_rows_leave_no_pages_mapped() {
     assert_eq!(w.gather_rows(&[3, 1000, 1999, 1000]).unwrap(), want);
     assert_eq!(mapped_pages(ptr, len), 0, "pages left mapped after the lookup");
 }
+
+#[test]
+fn budget_claims_are_given_back() {
+    let b = super::Budget::new();
+    let first = b.claim(600, 1000).expect("within the limit");
+    assert!(b.claim(500, 1000).is_none(), "600 + 500 passes 1000");
+    assert_eq!(b.held(), 600, "a refused claim takes nothing");
+    let second = b.claim(400, 1000).expect("600 + 400 is the limit exactly");
+    drop(first);
+    assert_eq!(b.held(), 400);
+    let third = b.claim(600, 1000).expect("room again once the first is dropped");
+    drop((second, third));
+    assert_eq!(b.held(), 0);
+    assert!(b.claim(usize::MAX, usize::MAX).is_some() && b.claim(1, usize::MAX).is_some(), "no overflow panic");
+}

@@ -568,6 +568,17 @@ mod tests {
     }
 
     #[test]
+    fn softmax_flushes_far_tails_to_zero() {
+        // e^-70 would be ~4e-31 before the division; e^-50 stays. No subnormal survives.
+        let mut row = vec![0.0, -70.0, -50.0, -1000.0, 3.0, 9.0];
+        softmax_row(&mut row, 5);
+        assert_eq!((row[1], row[3], row[5]), (0.0, 0.0, 0.0));
+        assert!(row[2] > 0.0 && row.iter().all(|p| *p == 0.0 || p.is_normal()));
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6 && (row[4] / row[0] - 3f32.exp()).abs() < 1e-3);
+    }
+
+    #[test]
     fn weighted_rows_match_plain_loop() {
         for (n, d) in [(1, 16), (7, 64), (33, 80), (5, 128), (2, 256), (0, 64)] {
             let p: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
