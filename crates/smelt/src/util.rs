@@ -86,3 +86,14 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| out = Some(f()));
     out.expect("rayon::scope runs its closure before returning")
 }
+
+/// Test data: a tensor of normal values (`mean`, `std`) drawn from a generator seeded with
+/// `seed`, so a unit test sees the same numbers on every run (candle's `Tensor::randn`
+/// draws from an unseeded one, which made a failure impossible to replay).
+#[cfg(test)]
+pub(crate) fn randn(seed: u64, mean: f32, std: f32, shape: impl Into<candle_core::Shape>, dev: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+    let shape = shape.into();
+    let mut rng = crate::sample::Rng::new(seed);
+    let v: Vec<f32> = (0..shape.elem_count()).map(|_| mean + std * rng.next_normal() as f32).collect();
+    candle_core::Tensor::from_vec(v, shape, dev)
+}

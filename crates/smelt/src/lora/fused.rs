@@ -270,10 +270,10 @@ mod tests {
         let mut rng = crate::sample::Rng::new(3);
         let q = QWeight::from_vec(random_blocks(&mut rng, GgmlType::Q4_1, n, k, 0.5), GgmlType::Q4_1, n, k).unwrap();
         let wq = Tensor::from_vec(q.to_f32(), (n, k), &dev).unwrap();
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap()).unwrap();
-        let a = Var::from_tensor(&Tensor::randn(0f32, 0.3, (r, k), &dev).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (n, r), &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+        let x = Var::from_tensor(&crate::util::randn(1, 0f32, 1.0, (m, k), &dev).unwrap()).unwrap();
+        let a = Var::from_tensor(&crate::util::randn(2, 0f32, 0.3, (r, k), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&crate::util::randn(3, 0f32, 0.3, (n, r), &dev).unwrap()).unwrap();
+        let probe = crate::util::randn(4, 0f32, 1.0, (m, n), &dev).unwrap();
         for (w, tol) in [(Frozen::Dense(wq.clone()), 1e-5), (Frozen::Quant(q.clone()), 2e-2)] {
             let ours = lora_linear_with(&x, w, &a, &b, 2.0, 0.0, Backward::F32).unwrap();
             let want = oracle(&x, &wq, &a, &b, 2.0);

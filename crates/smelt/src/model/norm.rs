@@ -42,8 +42,8 @@ mod tests {
 
     #[test]
     fn fused_matches_reference() {
-        let x = Tensor::randn(0f32, 2.0, (3, 5, 24), &Device::Cpu).unwrap();
-        let w = Tensor::randn(1f32, 0.3, 24, &Device::Cpu).unwrap();
+        let x = crate::util::randn(5, 0f32, 2.0, (3, 5, 24), &Device::Cpu).unwrap();
+        let w = crate::util::randn(6, 1f32, 0.3, 24, &Device::Cpu).unwrap();
         let n = RmsNorm::new(w.clone(), 1e-6);
         let a = n.forward(&x).unwrap();
         let b = rms_norm_reference(&x, &w, 1e-6).unwrap();

@@ -569,9 +569,9 @@ mod tests {
 
     fn setup(n: usize, d: usize, v: usize) -> (Var, Var, Tensor, Vec<u32>) {
         let dev = Device::Cpu;
-        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
-        let tl = Tensor::randn(0f32, 2.0, (n, v), &dev).unwrap();
+        let h = Var::from_tensor(&crate::util::randn(11, 0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&crate::util::randn(12, 0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
+        let tl = crate::util::randn(13, 0f32, 2.0, (n, v), &dev).unwrap();
         let y: Vec<u32> = (0..n as u32).map(|i| (i * 31 + 5) % v as u32).collect();
         (h, w, tl, y)
     }

@@ -445,7 +445,7 @@ mod tests {
     fn fused_matches_reference_loss_and_grad() {
         let dev = Device::Cpu;
         let (n, v) = (37, 101);
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (n, v), &dev).unwrap())).unwrap();
+        let x = Var::from_tensor(&(crate::util::randn(42, 0f32, 3.0, (n, v), &dev).unwrap())).unwrap();
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % v as u32).collect();
         let a = cross_entropy(x.as_tensor(), &targets).unwrap();
         let b = cross_entropy_reference(x.as_tensor(), &targets).unwrap();
@@ -460,8 +460,8 @@ mod tests {
         let dev = Device::Cpu;
         // More rows than one block, and an ignored target.
         let (n, d, v) = (300, 24, 53);
-        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
+        let h = Var::from_tensor(&crate::util::randn(43, 0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&crate::util::randn(44, 0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
         let mut targets: Vec<u32> = (0..n as u32).map(|i| (i * 31) % v as u32).collect();
         targets[7] = IGNORE;
         let a = lm_head_cross_entropy(&h, &w, &targets).unwrap();
@@ -525,8 +525,8 @@ mod tests {
         }
         let dev = Device::Cpu;
         let (n, d, v) = (300, 40, 517);
-        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
+        let h = Var::from_tensor(&crate::util::randn(45, 0f32, 1.0, (n, d), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&crate::util::randn(46, 0f32, 0.5, (v, d), &dev).unwrap()).unwrap();
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 31) % v as u32).collect();
         let a = lm_head_cross_entropy_exact(&h, &w, &targets, false).unwrap();
         let b = lm_head_cross_entropy_exact(&h, &w, &targets, true).unwrap();

@@ -552,10 +552,10 @@ mod tests {
     fn matches_reference_values_and_grads() {
         let dev = Device::Cpu;
         for (h, kvh, s, t) in [(4, 2, 7, 7), (3, 3, 5, 9), (2, 1, 1, 6), (8, 1, 1, 40)] {
-            let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, h, s, 8), &dev).unwrap()).unwrap();
-            let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, kvh, t, 8), &dev).unwrap()).unwrap();
-            let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, kvh, t, 8), &dev).unwrap()).unwrap();
-            let up = Tensor::randn(0f32, 1.0, (2, h, s, 8), &dev).unwrap();
+            let q = Var::from_tensor(&crate::util::randn(14, 0f32, 1.0, (2, h, s, 8), &dev).unwrap()).unwrap();
+            let k = Var::from_tensor(&crate::util::randn(15, 0f32, 1.0, (2, kvh, t, 8), &dev).unwrap()).unwrap();
+            let v = Var::from_tensor(&crate::util::randn(16, 0f32, 1.0, (2, kvh, t, 8), &dev).unwrap()).unwrap();
+            let up = crate::util::randn(17, 0f32, 1.0, (2, h, s, 8), &dev).unwrap();
             let a = attention(&q, &k, &v, 0.35).unwrap();
             let b = attention_reference(&q, &k, &v, 0.35).unwrap();
             crate::train::kernels::assert_close(&a, &b, 1e-5);
@@ -599,8 +599,8 @@ mod tests {
         // widening gives: decode with few and many query heads per kv head, and prefill.
         let dev = Device::Cpu;
         for (h, kvh, s, t) in [(4, 2, 1, 40), (8, 1, 1, 70), (4, 2, 9, 70), (3, 3, 70, 70)] {
-            let q = Tensor::randn(0f32, 1.0, (1, h, s, 16), &dev).unwrap();
-            let cache = |_| Tensor::randn(0f32, 1.0, (1, kvh, t + 5, 16), &dev).unwrap().to_dtype(candle_core::DType::F16).unwrap();
+            let q = crate::util::randn(18, 0f32, 1.0, (1, h, s, 16), &dev).unwrap();
+            let cache = |_| crate::util::randn(19, 0f32, 1.0, (1, kvh, t + 5, 16), &dev).unwrap().to_dtype(candle_core::DType::F16).unwrap();
             let (k, v) = (cache(0).narrow(2, 0, t).unwrap(), cache(1).narrow(2, 0, t).unwrap());
             let wide = |x: &Tensor| x.to_dtype(candle_core::DType::F32).unwrap();
             let a = attention(&q, &k, &v, 0.3).unwrap();
@@ -621,10 +621,10 @@ mod tests {
         let dev = Device::Cpu;
         let lens = [5usize, 1, 70, 3]; // one longer than a query block
         let n: usize = lens.iter().sum();
-        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 4, n, 8), &dev).unwrap()).unwrap();
-        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 2, n, 8), &dev).unwrap()).unwrap();
-        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 2, n, 8), &dev).unwrap()).unwrap();
-        let up = Tensor::randn(0f32, 1.0, (1, 4, n, 8), &dev).unwrap();
+        let q = Var::from_tensor(&crate::util::randn(20, 0f32, 1.0, (1, 4, n, 8), &dev).unwrap()).unwrap();
+        let k = Var::from_tensor(&crate::util::randn(21, 0f32, 1.0, (1, 2, n, 8), &dev).unwrap()).unwrap();
+        let v = Var::from_tensor(&crate::util::randn(22, 0f32, 1.0, (1, 2, n, 8), &dev).unwrap()).unwrap();
+        let up = crate::util::randn(23, 0f32, 1.0, (1, 4, n, 8), &dev).unwrap();
         let a = attention_segments(&q, &k, &v, 0.35, &lens).unwrap();
         let mut parts = Vec::new();
         let mut at = 0;

@@ -178,8 +178,8 @@ mod tests {
         let mut rng = Rng::new(7);
         let q = QWeight::from_vec(random_blocks(&mut rng, t, rows, cols, 0.5), t, rows, cols).unwrap();
         let w = Tensor::from_vec(q.to_f32(), (rows, cols), &dev).unwrap();
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, cols), &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (2, 5, rows), &dev).unwrap();
+        let x = Var::from_tensor(&crate::util::randn(24, 0f32, 1.0, (2, 5, cols), &dev).unwrap()).unwrap();
+        let probe = crate::util::randn(25, 0f32, 1.0, (2, 5, rows), &dev).unwrap();
         if mode == Backward::Int8 && rows % 32 == 0 && crate::kernels::Isa::Avx512Vnni.is_available() {
             assert!(q.transposed_int8().is_some(), "{t} [{rows}, {cols}]: no int8 copy");
         }
@@ -209,9 +209,9 @@ mod tests {
     #[test]
     fn dense_backward_matches_candle() {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (24, 40), &dev).unwrap();
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 40), &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (7, 24), &dev).unwrap();
+        let w = crate::util::randn(26, 0f32, 1.0, (24, 40), &dev).unwrap();
+        let x = Var::from_tensor(&crate::util::randn(27, 0f32, 1.0, (7, 40), &dev).unwrap()).unwrap();
+        let probe = crate::util::randn(28, 0f32, 1.0, (7, 24), &dev).unwrap();
         let ours = frozen_dense(&x, &w).unwrap();
         let oracle = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
         crate::train::kernels::assert_close(&ours, &oracle, 1e-5);

@@ -122,9 +122,9 @@ mod tests {
     #[test]
     fn matches_reference_values_and_grads() {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (37, 40), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 40, &dev).unwrap()).unwrap();
-        let up = Tensor::randn(0f32, 1.0, (37, 40), &dev).unwrap();
+        let x = Var::from_tensor(&crate::util::randn(32, 0f32, 2.0, (37, 40), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&crate::util::randn(33, 1f32, 0.3, 40, &dev).unwrap()).unwrap();
+        let up = crate::util::randn(34, 0f32, 1.0, (37, 40), &dev).unwrap();
         let a = rms_norm(&x, &w, 1e-5).unwrap();
         let b = rms_norm_reference(&x, &w, 1e-5).unwrap();
         crate::train::kernels::assert_close(&a, &b, 1e-5);
