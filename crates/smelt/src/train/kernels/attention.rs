@@ -303,7 +303,8 @@ impl CustomOp3 for AttentionOp {
                 }
             }
             self.task_f32(&q, &k, &v, &dm, &segs, gi, og)
-        };        // A decode step over a short cache is a few microseconds of work per head: not
+        };
+        // A decode step over a short cache is a few microseconds of work per head: not
         // worth handing to the other threads.
         if s == 1 && self.segments.is_empty() && dm.h * t * d < 1 << 18 {
             o.chunks_mut(rep * s * d).enumerate().for_each(task);
@@ -595,8 +596,9 @@ mod tests {
 
     #[test]
     fn f16_keys_and_values_read_in_place() {
-        // An f16 KV-cache view (a narrow of a longer buffer) gives exactly what its f32
-        // widening gives: decode with few and many query heads per kv head, and prefill.
+        // An f16 KV-cache view (a narrow of a longer buffer): a prefill gives exactly what
+        // its f32 widening gives; decode (its own chunked path, with 2 and 8 query heads
+        // per kv head) and prefill both match the reference.
         let dev = Device::Cpu;
         for (h, kvh, s, t) in [(4, 2, 1, 40), (8, 1, 1, 70), (4, 2, 9, 70), (3, 3, 70, 70)] {
             let q = crate::util::randn(18, 0f32, 1.0, (1, h, s, 16), &dev).unwrap();
