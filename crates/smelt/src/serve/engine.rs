@@ -141,6 +141,14 @@ fn run(model: &Model, parallel: usize, rx: Receiver<Request>, metrics: &Metrics)
     }
 }
 
+/// A slot was just freed: count it out before its client hears the last event, so that
+/// `/metrics` read after a reply never still counts it (the soak test once saw
+/// `active_sequences 1` after every client had its answer). [`update_gauges`] sets the
+/// exact count again after the step.
+fn freed(metrics: &Metrics) {
+    let _ = metrics.active.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+}
+
 fn update_gauges(slots: &[Slot], metrics: &Metrics) {
     metrics.active.store(slots.iter().filter(|s| s.active.is_some()).count(), Ordering::Relaxed);
     metrics.kv_bytes.store(slots.iter().map(|s| s.cache.bytes()).sum(), Ordering::Relaxed);
@@ -198,6 +206,7 @@ fn step(slots: &mut [Slot], model: &Model, table: &TokenTable, metrics: &Metrics
         let expired = a.req.deadline.is_some_and(|d| now > d);
         if a.req.cancel.load(Ordering::Relaxed) || a.req.events.is_closed() || expired {
             let a = slot.active.take().unwrap();
+            freed(metrics);
             if expired {
                 let _ = a.req.events.send(Event::Error("the request timed out".into()));
             }
@@ -216,7 +225,10 @@ fn step(slots: &mut [Slot], model: &Model, table: &TokenTable, metrics: &Metrics
         };
         match outcome {
             Outcome::Feed(next) => feeds.push((i, vec![next])),
-            Outcome::Finish(reason, stop_hit) => end(slot.active.take().unwrap(), reason, stop_hit),
+            Outcome::Finish(reason, stop_hit) => {
+                freed(metrics);
+                end(slot.active.take().unwrap(), reason, stop_hit)
+            }
         }
     }
     if feeds.is_empty() {
@@ -251,6 +263,7 @@ fn step(slots: &mut [Slot], model: &Model, table: &TokenTable, metrics: &Metrics
             // A failed step fails the sequences in it; their caches stay consistent.
             for (i, _) in feeds {
                 if let Some(a) = slots[i].active.take() {
+                    freed(metrics);
                     let _ = a.req.events.send(Event::Error(format!("{e:#}")));
                 }
                 let n = slots[i].cache.len();
