@@ -35,6 +35,17 @@ unsafe fn prefetch_block(wq: *const u8, bytes: usize) {
     }
 }
 
+/// A group's per-block fields (`bytes` of block `b` at `w + at + bytes·b`) are a second
+/// stream beside the quants: fetch the line that block `b + ahead` starts, once per line.
+/// `ahead` is the quants' prefetch distance in blocks, so both streams arrive together.
+#[inline(always)]
+unsafe fn prefetch_field(w: *const u8, at: usize, bytes: usize, b: usize, ahead: usize) {
+    let next = at + bytes * (b + ahead);
+    if next % 64 < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(next) as *const i8);
+    }
+}
+
 /// The tile's outputs: row `r`'s 16 sums to `y[r·ldy ..]`, the first `live` of them.
 #[inline(always)]
 unsafe fn store<const R: usize>(acc: &[__m512; R], y: *mut f32, ldy: usize, live: usize) {
@@ -58,6 +69,9 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
     if T == Q6_K {
         return tile_q6k::<R>(w, nb, a, y, ldy, live);
     }
+    if T == Q4_K {
+        return tile_q4k::<R>(w, nb, a, y, ldy, live);
+    }
     let qb = if T == Q8_0 { 32 } else { 16 };
     let f = nb * RG * qb; // the fields
     let low = _mm512_set1_epi8(0x0F);
@@ -65,6 +79,11 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
     for b in 0..nb {
         let wq = w.add(b * RG * qb);
         prefetch_block(wq, RG * qb);
+        let ahead = PF / (RG * qb);
+        prefetch_field(w, f, 32, b, ahead);
+        if T == Q4_1 {
+            prefetch_field(w, f + 32 * nb, 32, b, ahead);
+        }
         let slot = b * PANEL;
         let q = a.qs.add(slot * 32);
         let mut s: [__m512i; R] = std::array::from_fn(|r| match T {
@@ -92,22 +111,70 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
                 }
             }
         }
-        // Per-row scale and offset factor (`w = wd·q + wm` per block, Q4_K: `wm = −dmin·m`).
+        // Per-row scale and offset (`w = wd·q + wm` per block).
         let half = |at: usize| _mm512_cvtph_ps(_mm256_load_si256(w.add(at) as *const __m256i));
         let (wd, wm) = match T {
-            Q4_K => {
-                let byte_f32 = |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(w.add(at) as *const __m128i)));
-                let (d, dmin) = (half(f + 32 * nb + 32 * (b / 8)), half(f + 32 * nb + 32 * (nb / 8) + 32 * (b / 8)));
-                (_mm512_mul_ps(byte_f32(f + 16 * b), d), _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(byte_f32(f + 16 * nb + 16 * b), dmin)))
-            }
             Q4_1 => (half(f + 32 * b), half(f + 32 * nb + 32 * b)),
             _ => (half(f + 32 * b), _mm512_setzero_ps()),
         };
         for (r, acc) in acc.iter_mut().enumerate() {
             let sc = _mm512_mul_ps(wd, _mm512_set1_ps(*a.d.add(slot + r)));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), sc, *acc);
-            if T == Q4_1 || T == Q4_K {
+            if T == Q4_1 {
                 *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(*a.s.add(slot + r)), *acc);
+            }
+        }
+    }
+    store(&acc, y, ldy, live);
+}
+
+/// [`tile`] for Q4_K: blocks of 32 unpack as Q4_0's; `d` and `dmin` are converted once per
+/// super-block of 8 blocks instead of once per block. The arithmetic per output is the same
+/// for every tile height `R` (so a result does not depend on its batch): per block,
+/// `acc += cvt(s)·(sc·d·da)` then `acc −= (m·dmin)·sa`. (Gathering the 8 blocks' sums per
+/// super-block before scaling by `d` would save two products per block in decode, but with
+/// 12 activation rows the extra accumulators spill, and prefill would pay.)
+///
+/// # Safety
+/// As [`tile`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_q4k<const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut f32, ldy: usize, live: usize) {
+    const QB: usize = 16;
+    const AHEAD: usize = PF / (RG * QB);
+    let f = nb * RG * QB; // the fields
+    let low = _mm512_set1_epi8(0x0F);
+    let half = |at: usize| _mm512_cvtph_ps(_mm256_load_si256(w.add(at) as *const __m256i));
+    let byte_f32 = |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(w.add(at) as *const __m128i)));
+    let mut acc = [_mm512_setzero_ps(); R];
+    for sb in 0..nb / 8 {
+        let (d, dmin) = (half(f + 32 * nb + 32 * sb), half(f + 32 * nb + 32 * (nb / 8) + 32 * sb));
+        for b in 8 * sb..8 * sb + 8 {
+            let wq = w.add(b * RG * QB);
+            prefetch_block(wq, RG * QB);
+            prefetch_field(w, f, 16, b, AHEAD);
+            prefetch_field(w, f + 16 * nb, 16, b, AHEAD);
+            prefetch_field(w, f + 32 * nb, 32 / 8, b, AHEAD);
+            prefetch_field(w, f + 32 * nb + 32 * (nb / 8), 32 / 8, b, AHEAD);
+            let slot = b * PANEL;
+            let q = a.qs.add(slot * 32);
+            let mut s = [_mm512_setzero_si512(); R];
+            for c in 0..4 {
+                let x = _mm512_load_si512(wq.add(64 * c) as *const _);
+                let lo = _mm512_and_si512(x, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), low);
+                for (r, s) in s.iter_mut().enumerate() {
+                    *s = _mm512_dpbusd_epi32(*s, lo, bcast(q, r, 4 * c));
+                }
+                for (r, s) in s.iter_mut().enumerate() {
+                    *s = _mm512_dpbusd_epi32(*s, hi, bcast(q, r, 16 + 4 * c));
+                }
+            }
+            let wd = _mm512_mul_ps(byte_f32(f + 16 * b), d);
+            let wm = _mm512_mul_ps(byte_f32(f + 16 * nb + 16 * b), dmin);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(*a.d.add(slot + r)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), scale, *acc);
+                *acc = _mm512_fnmadd_ps(wm, _mm512_set1_ps(*a.s.add(slot + r)), *acc);
             }
         }
     }
@@ -131,6 +198,9 @@ unsafe fn tile_q6k<const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut 
     for b in 0..nb {
         let wq = w.add(b * RG * QB);
         prefetch_block(wq, RG * QB);
+        const AHEAD: usize = PF / (RG * QB);
+        prefetch_field(w, f, 32, b, AHEAD);
+        prefetch_field(w, f + 32 * nb, 32 / 8, b, AHEAD);
         let slot = b * PANEL;
         let q = a.qs.add(slot * 32);
         let d = _mm512_cvtph_ps(_mm256_load_si256(w.add(f + 32 * nb + 32 * (b / 8)) as *const __m256i));
