@@ -74,12 +74,6 @@ unsafe fn scores_row_avx512(q: &[f32], k: &[f32], scale: f32, p: &mut [f32]) {
     }
 }
 
-/// `o = Σ_j p[j] · v_j` over the rows `v_j` of `v` (each `o.len()` long).
-fn weighted_rows(p: &[f32], v: &[f32], o: &mut [f32]) {
-    o.fill(0.0);
-    weighted_rows_add(p, v, o);
-}
-
 /// `o += Σ_j p[j] · v_j` over the rows `v_j` of `v` (each `o.len()` long).
 fn weighted_rows_add(p: &[f32], v: &[f32], o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -229,27 +223,6 @@ impl AttentionOp {
         with_f32_heads(k, v, gi, dm.kv, t * d, |kg, vg| {
             // Queries in blocks of QB: a block only needs the keys up to its last position,
             // so a prefill computes the causal half of the scores, not all of them.
-            if s == 1 && self.segments.is_empty() {
-                // Decode: the group's `rep` single-row queries see the same keys, so they
-                // run as one (rep × d) · (d × t) product instead of `rep` vector products.
-                let mut p = vec![0f32; rep * t];
-                let qg = &q[gi * rep * d..(gi + 1) * rep * d];
-                if rep < 4 {
-                    // Too few rows for a GEMM kernel's tiles: plain vector loops.
-                    for (r, pr) in p.chunks_mut(t).enumerate() {
-                        scores_row(&qg[r * d..(r + 1) * d], &kg[..t * d], self.scale, pr);
-                        softmax_row(pr, t);
-                        weighted_rows(pr, &vg[..t * d], &mut og[r * d..(r + 1) * d]);
-                    }
-                    return;
-                }
-                matmul(&mut p, Mat::rows(qg, rep, d), Mat::rows(&kg[..t * d], t, d).t(), self.scale, false);
-                for row in p.chunks_mut(t) {
-                    softmax_row(row, t);
-                }
-                matmul(og, Mat::rows(&p, rep, t), Mat::rows(&vg[..t * d], t, d), 1.0, false);
-                return;
-            }
             let mut p = vec![0f32; s.min(QB) * t];
             for r in 0..rep {
                 let qh = &q[(gi * rep + r) * s * d..][..s * d];
@@ -269,6 +242,31 @@ impl AttentionOp {
                 }
             }
         })
+    }
+
+    /// The forward pass into `o` (`q`'s shape): one task per (batch, kv head), whose `rep`
+    /// query heads are contiguous in `q` and `o`.
+    fn run_groups(&self, q: &[f32], k: &HeadRows, v: &HeadRows, dm: &Dims, segs: &[Seg], o: &mut [f32]) {
+        let (s, t, d, rep) = (dm.s, dm.t, dm.d, dm.h / dm.kv);
+        let task = |(gi, og): (usize, &mut [f32])| {
+            if s == 1 && self.segments.is_empty() {
+                let qg = &q[gi * rep * d..(gi + 1) * rep * d];
+                if let (Some(kg), Some(vg)) = (k.f16_head(gi, dm.kv, t * d), v.f16_head(gi, dm.kv, t * d)) {
+                    return decode_f16(qg, kg, vg, d, self.scale, og);
+                }
+                if let (Some(kg), Some(vg)) = (k.f32_head(gi, dm.kv, t * d), v.f32_head(gi, dm.kv, t * d)) {
+                    return decode_f32(qg, kg, vg, d, self.scale, og);
+                }
+            }
+            self.task_f32(q, k, v, dm, segs, gi, og)
+        };
+        // A decode step over a short cache is a few microseconds of work per head: not
+        // worth handing to the other threads.
+        if s == 1 && self.segments.is_empty() && dm.h * t * d < 1 << 18 {
+            o.chunks_mut(rep * s * d).enumerate().for_each(task);
+        } else {
+            o.par_chunks_mut(rep * s * d).enumerate().for_each(task);
+        }
     }
 
     /// `P` for the rows of query head `qh` (s × d) in segment `g` against the head's keys
@@ -292,25 +290,9 @@ impl CustomOp3 for AttentionOp {
         let dm = Dims::of(ql, kl, vl)?;
         let q = f32_data(qs, ql, "attention")?;
         let (k, v) = (HeadRows::of(ks, kl)?, HeadRows::of(vs, vl)?);
-        let (s, t, d, rep) = (dm.s, dm.t, dm.d, dm.h / dm.kv);
         let segs = self.segs(&dm)?;
         let mut o = vec![0f32; q.len()];
-        // One task per (batch, kv head): its `rep` query heads are contiguous in q and o.
-        let task = |(gi, og): (usize, &mut [f32])| {
-            if s == 1 && self.segments.is_empty() {
-                if let (Some(kg), Some(vg)) = (k.f16_head(gi, dm.kv, t * d), v.f16_head(gi, dm.kv, t * d)) {
-                    return decode_f16(&q[gi * rep * d..(gi + 1) * rep * d], kg, vg, d, self.scale, og);
-                }
-            }
-            self.task_f32(&q, &k, &v, &dm, &segs, gi, og)
-        };
-        // A decode step over a short cache is a few microseconds of work per head: not
-        // worth handing to the other threads.
-        if s == 1 && self.segments.is_empty() && dm.h * t * d < 1 << 18 {
-            o.chunks_mut(rep * s * d).enumerate().for_each(task);
-        } else {
-            o.par_chunks_mut(rep * s * d).enumerate().for_each(task);
-        }
+        self.run_groups(q, &k, &v, &dm, &segs, &mut o);
         Ok((CpuStorage::F32(o), ql.shape().clone()))
     }
 
@@ -405,6 +387,15 @@ impl<'a> HeadRows<'a> {
         }
     }
 
+    /// The `len` f32 values of head `gi`, when the data is f32.
+    fn f32_head(&self, gi: usize, kv: usize, len: usize) -> Option<&'a [f32]> {
+        let at = self.at(gi, kv);
+        match self.data {
+            KvData::F32(d) => Some(&d[at..at + len]),
+            KvData::F16(_) => None,
+        }
+    }
+
     /// The `len` values of head `gi` as f32: borrowed, or widened into `buf`.
     fn head<'s>(&'s self, gi: usize, kv: usize, len: usize, buf: &'s mut Vec<f32>) -> &'s [f32] {
         let at = self.at(gi, kv);
@@ -439,27 +430,115 @@ fn decode_f16(qg: &[f32], kg: &[half::f16], vg: &[half::f16], d: usize, scale: f
         heap.resize(ch * d, 0.0);
         &mut heap
     };
-    let mut p = vec![0f32; rep * t];
-    for j0 in (0..t).step_by(ch) {
-        let n = ch.min(t - j0);
-        let kc = &mut buf[..n * d];
-        simd::widen_f16(&kg[j0 * d..(j0 + n) * d], kc);
-        for (r, pr) in p.chunks_mut(t).enumerate() {
-            scores_row(&qg[r * d..(r + 1) * d], kc, scale, &mut pr[j0..j0 + n]);
+    with_scores(rep * t, |p| {
+        for j0 in (0..t).step_by(ch) {
+            let n = ch.min(t - j0);
+            let kc = &mut buf[..n * d];
+            simd::widen_f16(&kg[j0 * d..(j0 + n) * d], kc);
+            for (r, pr) in p.chunks_mut(t).enumerate() {
+                scores_row(&qg[r * d..(r + 1) * d], kc, scale, &mut pr[j0..j0 + n]);
+            }
         }
-    }
-    for pr in p.chunks_mut(t) {
-        softmax_row(pr, t);
-    }
-    og.fill(0.0);
-    for j0 in (0..t).step_by(ch) {
-        let n = ch.min(t - j0);
-        let vc = &mut buf[..n * d];
-        simd::widen_f16(&vg[j0 * d..(j0 + n) * d], vc);
-        for (r, pr) in p.chunks(t).enumerate() {
-            weighted_rows_add(&pr[j0..j0 + n], vc, &mut og[r * d..(r + 1) * d]);
+        for pr in p.chunks_mut(t) {
+            softmax_row(pr, t);
         }
+        og.fill(0.0);
+        for j0 in (0..t).step_by(ch) {
+            let n = ch.min(t - j0);
+            let vc = &mut buf[..n * d];
+            simd::widen_f16(&vg[j0 * d..(j0 + n) * d], vc);
+            for (r, pr) in p.chunks(t).enumerate() {
+                weighted_rows_add(&pr[j0..j0 + n], vc, &mut og[r * d..(r + 1) * d]);
+            }
+        }
+    })
+}
+
+/// [`decode_f16`] over an f32 cache, read in place a chunk at a time (the same order of
+/// operations, without the widening).
+fn decode_f32(qg: &[f32], kg: &[f32], vg: &[f32], d: usize, scale: f32, og: &mut [f32]) {
+    let (rep, t) = (qg.len() / d, kg.len() / d);
+    let ch = (WIDE / d).max(1);
+    with_scores(rep * t, |p| {
+        for j0 in (0..t).step_by(ch) {
+            let n = ch.min(t - j0);
+            for (r, pr) in p.chunks_mut(t).enumerate() {
+                scores_row(&qg[r * d..(r + 1) * d], &kg[j0 * d..(j0 + n) * d], scale, &mut pr[j0..j0 + n]);
+            }
+        }
+        for pr in p.chunks_mut(t) {
+            softmax_row(pr, t);
+        }
+        og.fill(0.0);
+        for j0 in (0..t).step_by(ch) {
+            let n = ch.min(t - j0);
+            for (r, pr) in p.chunks(t).enumerate() {
+                weighted_rows_add(&pr[j0..j0 + n], &vg[j0 * d..(j0 + n) * d], &mut og[r * d..(r + 1) * d]);
+            }
+        }
+    })
+}
+
+thread_local! {
+    /// Per-thread buffer for a decode step's scores, kept between calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on `n` scratch floats (stale values: `f` writes before it reads) from this
+/// thread's buffer, so a decode step's attention allocates nothing once the buffer has
+/// grown to the depth. A nested call on the same thread gets a fresh buffer.
+fn with_scores<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCORES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut p) => {
+            if p.len() < n {
+                p.resize(n, 0.0);
+            }
+            f(&mut p[..n])
+        }
+        Err(_) => f(&mut vec![0f32; n]),
+    })
+}
+
+/// An inference KV cache's buffer for one layer, `(kv, cap, d)` row-major, of which the
+/// first `t` rows of every head are filled.
+#[derive(Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+/// A decode step's attention on raw buffers, exactly as the op computes it for one query
+/// row: `q` (`h × d`, heads in order) against the first `t` rows of each head of `k` and
+/// `v` (`kv` heads of `cap` rows) → `o` (`h × d`). Allocates nothing in steady state (the
+/// allocation-free decode step, `model::decode_step`).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_rows(q: &[f32], k: KvRows, v: KvRows, h: usize, kv: usize, cap: usize, t: usize, d: usize, scale: f32, o: &mut [f32]) -> Result<()> {
+    fn rows<'a>(x: KvRows<'a>, kv: usize, cap: usize, d: usize) -> Result<HeadRows<'a>> {
+        let (data, len) = match x {
+            KvRows::F32(a) => (KvData::F32(a), a.len()),
+            KvRows::F16(a) => (KvData::F16(a), a.len()),
+        };
+        if len < kv * cap * d {
+            candle_core::bail!("attention: a kv buffer of {len} values for {kv} heads of {cap} rows of {d}");
+        }
+        Ok(HeadRows { data, start: 0, batch_stride: kv * cap * d, head_stride: cap * d })
     }
+    if kv == 0 || h % kv != 0 || t == 0 || t > cap || q.len() != h * d || o.len() != h * d {
+        candle_core::bail!("attention: decode of {h} heads over {kv} kv heads, t {t} of {cap}, d {d}");
+    }
+    // Scores for the cache's whole capacity: this thread's buffer then grows when the cache
+    // does (by doubling), not a little with every token.
+    SCORES.with(|c| {
+        if let Ok(mut p) = c.try_borrow_mut() {
+            if p.len() < h / kv * cap {
+                p.resize(h / kv * cap, 0.0);
+            }
+        }
+    });
+    let dm = Dims { h, kv, s: 1, t, d };
+    let op = AttentionOp { scale, segments: Vec::new() };
+    op.run_groups(q, &rows(k, kv, cap, d)?, &rows(v, kv, cap, d)?, &dm, &[Seg { qa: 0, len: 1, ka: 0, pos: t - 1 }], o);
+    Ok(())
 }
 
 thread_local! {
