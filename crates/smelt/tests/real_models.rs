@@ -25,6 +25,27 @@ fn smollm2_knows_the_capital_of_france() {
 }
 
 #[test]
+fn smollm2_decode_step_matches_candle_ops() {
+    // The allocation-free decode step on the real file (Q4_1 layers, Q8_0 tied embedding,
+    // f16 cache) gives candle's logits bit for bit, token after token.
+    use smelt::model::{Logits, SeqInput};
+    let model = load(&smollm2(), &LoadOptions { ctx: Some(128), ..Default::default() }).unwrap();
+    let dec = &model.decoder;
+    assert!(dec.decode_step_runs());
+    let prompt = model.tokenizer.encode("<|im_start|>user\nCount to ten.<|im_end|>\n<|im_start|>assistant\n", false, true).unwrap();
+    let (mut fast, mut slow) = (dec.new_cache(), dec.new_cache());
+    let mut logits = dec.step(&prompt, &mut fast).unwrap();
+    dec.forward_candle(&mut [SeqInput { tokens: &prompt, cache: Some(&mut slow) }], Logits::Last).unwrap();
+    for i in 0..24 {
+        let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        logits = dec.step(&[next], &mut fast).unwrap();
+        let want: Vec<f32> =
+            dec.forward_candle(&mut [SeqInput { tokens: &[next], cache: Some(&mut slow) }], Logits::Last).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        assert_eq!(logits, want, "step {i}");
+    }
+}
+
+#[test]
 fn gemma3_continues_coherently() {
     let model = load(&gemma3(), &LoadOptions { ctx: Some(256), ..Default::default() }).unwrap();
     let tok = &model.tokenizer;

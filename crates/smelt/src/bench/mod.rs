@@ -117,9 +117,11 @@ pub fn run_test(dec: &Decoder, kind: Kind, n: usize, depth: usize, reps: usize, 
                 let mut tok = random_tokens(&mut rng, 1, vocab)[0];
                 // The warm-up decodes a few tokens only.
                 let steps = if rep == 0 { n.min(4) } else { n };
+                let mut logits = Vec::with_capacity(vocab);
                 let t0 = Instant::now();
                 for _ in 0..steps {
-                    std::hint::black_box(dec.step(&[tok], &mut cache)?);
+                    dec.step_into(&[tok], &mut cache, &mut logits)?;
+                    std::hint::black_box(&logits);
                     tok = (rng.next_u64() % vocab as u64) as u32;
                 }
                 t0.elapsed().as_secs_f64()

@@ -300,6 +300,29 @@ impl QWeight {
         Ok(out)
     }
 
+    /// Row `id` as f32 into `out` (`cols` values), its mapped pages released again as
+    /// [`Self::gather_rows`] releases them, allocating nothing (the decode step's lookup).
+    pub fn gather_row_into(&self, id: u32, out: &mut [f32]) -> Result<()> {
+        if id as usize >= self.rows || out.len() != self.cols {
+            bail!("row {id} of a table of {} rows into {} values (expected {})", self.rows, out.len(), self.cols);
+        }
+        self.dequantize_row(id as usize, out);
+        if matches!(self.bytes, Bytes::Mapped(_)) {
+            let (a, b) = self.row_window(id);
+            self.bytes.release(a, b - a);
+        }
+        Ok(())
+    }
+
+    /// The 64 KiB-aligned window (Linux's default `fault_around_bytes`) around row `id`,
+    /// clipped to the table: what reading the row maps in.
+    fn row_window(&self, id: u32) -> (usize, usize) {
+        const WINDOW: usize = 64 << 10;
+        let (start, end, rb) = (self.offset, self.offset + self.rows * self.row_bytes(), self.row_bytes());
+        let (a, b) = (start + id as usize * rb, start + (id as usize + 1) * rb);
+        ((a / WINDOW * WINDOW).max(start), b.div_ceil(WINDOW).saturating_mul(WINDOW).min(end))
+    }
+
     /// Drop the mapped pages that reading rows `ids` brought into this process (no effect
     /// on owned bytes). A page fault on a file mapping maps the whole aligned 64 KiB window
     /// around it from the page cache (the kernel's fault-around), so looking up the 512
@@ -309,15 +332,7 @@ impl QWeight {
         if !matches!(self.bytes, Bytes::Mapped(_)) || ids.is_empty() {
             return;
         }
-        const WINDOW: usize = 64 << 10; // Linux's default fault_around_bytes
-        let (start, end, rb) = (self.offset, self.offset + self.rows * self.row_bytes(), self.row_bytes());
-        let mut spans: Vec<(usize, usize)> = ids
-            .iter()
-            .map(|&id| {
-                let (a, b) = (start + id as usize * rb, start + (id as usize + 1) * rb);
-                ((a / WINDOW * WINDOW).max(start), b.div_ceil(WINDOW).saturating_mul(WINDOW).min(end))
-            })
-            .collect();
+        let mut spans: Vec<(usize, usize)> = ids.iter().map(|&id| self.row_window(id)).collect();
         spans.sort_unstable();
         let mut cur = spans[0];
         for &(a, b) in &spans[1..] {

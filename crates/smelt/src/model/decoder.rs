@@ -274,6 +274,25 @@ impl Decoder {
     }
 
     fn forward_in_pool(&self, seqs: &mut [SeqInput<'_>], which: Logits) -> Result<Tensor> {
+        if let [SeqInput { tokens: &[token], cache: Some(cache) }] = seqs {
+            if self.decode_step_runs() {
+                let mut logits = vec![0f32; self.cfg.vocab_size];
+                super::decode_step::step_into(self, token, cache, &mut logits)?;
+                return Ok(Tensor::from_vec(logits, (1, self.cfg.vocab_size), &self.device)?);
+            }
+        }
+        self.forward_candle(seqs, which)
+    }
+
+    /// Whether a one-token step runs [`super::decode_step`] (the model is covered, and
+    /// `SMELT_DECODE_STEP` is not `candle`, which forces candle's ops for comparison).
+    pub fn decode_step_runs(&self) -> bool {
+        static FORCE_CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        !*FORCE_CANDLE.get_or_init(|| std::env::var("SMELT_DECODE_STEP").is_ok_and(|v| v == "candle")) && super::decode_step::supported(self)
+    }
+
+    /// [`Self::forward`] through candle's ops only (the decode step's oracle).
+    pub fn forward_candle(&self, seqs: &mut [SeqInput<'_>], which: Logits) -> Result<Tensor> {
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let h = self.hidden_states(seqs)?;
         let h = match which {
@@ -303,8 +322,24 @@ impl Decoder {
 
     /// Convenience: one sequence, logits of its last new token as a `Vec<f32>`.
     pub fn step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let logits = self.forward(&mut [SeqInput { tokens, cache: Some(cache) }], Logits::Last)?;
-        Ok(logits.squeeze(0)?.to_vec1()?)
+        let mut logits = Vec::new();
+        self.step_into(tokens, cache, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Self::step`] into a reused vector: a one-token step of a covered model allocates
+    /// nothing ([`super::decode_step`]) once the buffers have their size.
+    pub fn step_into(&self, tokens: &[u32], cache: &mut KvCache, logits: &mut Vec<f32>) -> Result<()> {
+        if let [token] = tokens {
+            if self.decode_step_runs() {
+                logits.resize(self.cfg.vocab_size, 0.0);
+                return crate::util::in_pool(|| super::decode_step::step_into(self, *token, cache, logits));
+            }
+        }
+        let l = self.forward(&mut [SeqInput { tokens, cache: Some(cache) }], Logits::Last)?;
+        logits.clear();
+        logits.extend(l.squeeze(0)?.to_vec1::<f32>()?);
+        Ok(())
     }
 
     pub fn arch(&self) -> Arch {

@@ -9,7 +9,9 @@
 //! a 4-bit weight's. `--kv-type f32` keeps them exact (the parity tests use it).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor};
+
+pub use crate::train::kernels::attention::KvRows;
 
 /// How cache entries are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -57,6 +59,18 @@ impl std::fmt::Display for KvType {
 struct LayerKv {
     k: Tensor,
     v: Tensor,
+    /// One-element views of `k` and `v`'s storage, the handles [`KvCache::append_row`]
+    /// writes through: candle gives an in-place op the whole storage, and the op's
+    /// overlap check allocates nothing for a layout without dimensions above 1.
+    k_handle: Tensor,
+    v_handle: Tensor,
+}
+
+impl LayerKv {
+    fn new(k: Tensor, v: Tensor) -> Result<LayerKv> {
+        let handle = |t: &Tensor| -> Result<Tensor> { Ok(t.flatten_all()?.narrow(0, 0, 1)?) };
+        Ok(LayerKv { k_handle: handle(&k)?, v_handle: handle(&v)?, k, v })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -136,7 +150,28 @@ impl KvCache {
             bail!("context is full ({need} > {})", self.max_len);
         }
         let dtype = self.kv_type.dtype();
+        let l = self.room(layer, n_kv, hd, need)?;
+        l.k.slice_set(&k.to_dtype(dtype)?.contiguous()?, 2, len)?;
+        l.v.slice_set(&v.to_dtype(dtype)?.contiguous()?, 2, len)?;
+        Ok((l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?))
+    }
+
+    /// Mark `s` appended tokens as stored (after every layer appended them).
+    pub fn commit(&mut self, s: usize) {
+        self.len += s;
+    }
+
+    /// `layer`'s buffers with room for `need` tokens of `n_kv` heads × `hd`: grown by
+    /// doubling (the history copied over) when they are too small.
+    fn room(&mut self, layer: usize, n_kv: usize, hd: usize, need: usize) -> Result<&LayerKv> {
+        let (len, dtype) = (self.len, self.kv_type.dtype());
         let entry = &mut self.layers[layer];
+        if let Some(l) = entry.as_ref() {
+            let (_, h, _, d) = l.k.dims4()?;
+            if (h, d) != (n_kv, hd) {
+                bail!("KV cache layer {layer} holds {h} heads of {d}, not {n_kv} of {hd}");
+            }
+        }
         let cap = entry.as_ref().map_or(0, |l| l.k.dims()[2]);
         if need > cap {
             let new_cap = need.max(cap * 2).max(MIN_CAPACITY).min(self.max_len);
@@ -151,17 +186,71 @@ impl KvCache {
             };
             let nk = grow(entry.as_ref().map(|l| &l.k))?;
             let nv = grow(entry.as_ref().map(|l| &l.v))?;
-            *entry = Some(LayerKv { k: nk, v: nv });
+            *entry = Some(LayerKv::new(nk, nv)?);
         }
-        let l = entry.as_ref().expect("allocated above");
-        l.k.slice_set(&k.to_dtype(dtype)?.contiguous()?, 2, len)?;
-        l.v.slice_set(&v.to_dtype(dtype)?.contiguous()?, 2, len)?;
-        Ok((l.k.narrow(2, 0, need)?, l.v.narrow(2, 0, need)?))
+        Ok(entry.as_ref().expect("allocated above"))
     }
 
-    /// Mark `s` appended tokens as stored (after every layer appended them).
-    pub fn commit(&mut self, s: usize) {
-        self.len += s;
+    /// The allocation-free decode step's append: one token's keys and values for `layer`
+    /// (`k`, `v`: `n_kv × hd` values, heads in order) written in place at position
+    /// `len()`, rounded to the cache's type as [`append`](Self::append) rounds them, then
+    /// `f` runs over the layer's whole buffers `(n_kv, capacity, hd)`, whose first
+    /// `len() + 1` rows per head are filled, and gets the capacity. Nothing is allocated
+    /// unless the buffers must grow. Call [`commit`](Self::commit) after the last layer.
+    pub fn append_row<R>(&mut self, layer: usize, n_kv: usize, hd: usize, k: &[f32], v: &[f32], f: impl FnOnce(KvRows<'_>, KvRows<'_>, usize) -> R) -> Result<R> {
+        if k.len() != n_kv * hd || v.len() != n_kv * hd {
+            bail!("KV row of {} and {} values for {n_kv} heads of {hd}", k.len(), v.len());
+        }
+        let pos = self.len;
+        if pos + 1 > self.max_len {
+            bail!("context is full ({} > {})", pos + 1, self.max_len);
+        }
+        let l = self.room(layer, n_kv, hd, pos + 1)?;
+        let cap = l.k.dims()[2];
+        l.k_handle.inplace_op1(&WriteRow { row: k, pos, cap, hd })?;
+        l.v_handle.inplace_op1(&WriteRow { row: v, pos, cap, hd })?;
+        let (ks, kl) = l.k.storage_and_layout();
+        let (vs, vl) = l.v.storage_and_layout();
+        fn rows<'s>(s: &'s Storage, l: &Layout) -> Result<KvRows<'s>> {
+            let n = l.shape().elem_count();
+            match (s, l.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(d)), Some((a, _))) => Ok(KvRows::F32(&d[a..a + n])),
+                (Storage::Cpu(CpuStorage::F16(d)), Some((a, _))) => Ok(KvRows::F16(&d[a..a + n])),
+                _ => bail!("KV cache buffers must be contiguous f32 or f16 on the CPU"),
+            }
+        }
+        Ok(f(rows(&ks, kl)?, rows(&vs, vl)?, cap))
+    }
+}
+
+/// Writes one token's `n_kv × hd` values at row `pos` of each head of a `(1, n_kv, cap, hd)`
+/// cache buffer, in place (applied through the buffer's one-element handle).
+struct WriteRow<'a> {
+    row: &'a [f32],
+    pos: usize,
+    cap: usize,
+    hd: usize,
+}
+
+impl InplaceOp1 for WriteRow<'_> {
+    fn name(&self) -> &'static str {
+        "smelt-kv-write-row"
+    }
+
+    /// `storage` is the whole buffer (contiguous from offset 0, as [`KvCache::room`] makes
+    /// it); `layout` is the one-element handle's, which says nothing more.
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (start, hd) = (layout.start_offset(), self.hd);
+        for (h, src) in self.row.chunks_exact(hd).enumerate() {
+            let at = start + (h * self.cap + self.pos) * hd;
+            match storage {
+                CpuStorage::F32(d) => d[at..at + hd].copy_from_slice(src),
+                // As candle's `to_dtype(F16)` rounds (to nearest, ties to even).
+                CpuStorage::F16(d) => d[at..at + hd].iter_mut().zip(src).for_each(|(o, &x)| *o = half::f16::from_f32(x)),
+                _ => candle_core::bail!("KV cache buffers are f32 or f16"),
+            }
+        }
+        Ok(())
     }
 }
 

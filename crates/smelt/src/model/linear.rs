@@ -187,6 +187,15 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// The quantized weight and the bias, when there are no adapters: then `forward(x)`
+    /// is `x · Wᵀ + b` on smelt's kernels.
+    pub fn quant_parts(&self) -> Option<(&QWeight, Option<&Tensor>)> {
+        match (&self.weight, self.adapters.is_empty()) {
+            (LinearWeight::Quant(q), true) => Some((q, self.bias.as_ref())),
+            _ => None,
+        }
+    }
+
     /// The quantized weight when it is the whole layer (no bias, no adapters): then
     /// `forward(x)` is exactly `x · Wᵀ` on smelt's kernels.
     pub fn plain_quant(&self) -> Option<&QWeight> {

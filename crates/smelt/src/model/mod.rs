@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod decode_step;
 pub mod decoder;
 pub mod kv_cache;
 pub mod linear;

@@ -28,6 +28,27 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// One row `x` into `out` (same length as the weight), with candle's `rms_norm`
+    /// arithmetic (so the same bits as [`Self::forward`] at inference), allocating nothing.
+    pub fn forward_row(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let (st, l) = self.weight.storage_and_layout();
+        let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)), Some((a, b))) = (&*st, l.contiguous_offsets()) else {
+            anyhow::bail!("norm weight must be contiguous f32 on the CPU");
+        };
+        let w = &w[a..b];
+        if x.len() != w.len() || out.len() != w.len() {
+            anyhow::bail!("norm of {} values into {} with a weight of {}", x.len(), out.len(), w.len());
+        }
+        let sum2 = x.iter().map(|&v| v * v).sum::<f32>();
+        let m = (sum2 / x.len() as f32 + self.eps as f32).sqrt();
+        for ((o, &v), &a) in out.iter_mut().zip(x).zip(w) {
+            *o = v / m * a;
+        }
+        Ok(())
+    }
+}
+
 /// Plain differentiable ops; the oracle for the fused kernel.
 pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let d = x.dim(D::Minus1)? as f64;

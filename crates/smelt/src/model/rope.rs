@@ -3,7 +3,7 @@
 //! training — the plain path is also the oracle the fused one is tested against).
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use candle_core::{CpuStorage, Device, Tensor, D};
 
 use super::config::{RopeConfig, RopeLayout, RopeScaling};
 
@@ -108,6 +108,41 @@ impl Rope {
         }
         let idx = Tensor::from_vec(positions.to_vec(), positions.len(), self.cos.device())?;
         self.apply_with(x, &self.cos.index_select(&idx, 0)?, &self.sin.index_select(&idx, 0)?)
+    }
+
+    /// Rotate one head's `x` (head_dim values) in place as the token at `pos`: the same
+    /// arithmetic as [`Self::apply`] (candle's `rope` / `rope_i`), without allocating.
+    pub fn rotate_row(&self, x: &mut [f32], pos: usize) -> Result<()> {
+        let (r, half) = (self.rotary_dim, self.rotary_dim / 2);
+        if pos >= self.n_ctx() || x.len() < r {
+            anyhow::bail!("rope: position {pos} of {}, {} values for a rotary size of {r}", self.n_ctx(), x.len());
+        }
+        let (cs, cl) = self.cos.storage_and_layout();
+        let (ss, sl) = self.sin.storage_and_layout();
+        let (candle_core::Storage::Cpu(CpuStorage::F32(cos)), candle_core::Storage::Cpu(CpuStorage::F32(sin))) = (&*cs, &*ss) else {
+            anyhow::bail!("rope tables must be f32 on the CPU");
+        };
+        let (Some((c0, _)), Some((s0, _))) = (cl.contiguous_offsets(), sl.contiguous_offsets()) else {
+            anyhow::bail!("rope tables must be contiguous");
+        };
+        let (cos, sin) = (&cos[c0 + pos * half..c0 + (pos + 1) * half], &sin[s0 + pos * half..s0 + (pos + 1) * half]);
+        match self.layout {
+            RopeLayout::Half => {
+                for i in 0..half {
+                    let (a, b) = (x[i], x[i + half]);
+                    x[i] = a * cos[i] - b * sin[i];
+                    x[i + half] = a * sin[i] + b * cos[i];
+                }
+            }
+            RopeLayout::Interleaved => {
+                for i in 0..half {
+                    let (a, b) = (x[2 * i], x[2 * i + 1]);
+                    x[2 * i] = a * cos[i] - b * sin[i];
+                    x[2 * i + 1] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply_with(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
