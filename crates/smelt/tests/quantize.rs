@@ -204,6 +204,40 @@ fn quantized_tiny_models_load_and_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A Hugging Face folder (transformers' tiny llama, with its tokenizer) quantizes straight
+/// to GGUF: tokenizer and hyper-parameters carried over, and the GGUF's logits follow the
+/// folder's (exact rope re-layout, so f32 matches to rounding). A layout the GGUF writer
+/// does not know is refused in one line.
+#[test]
+fn hugging_face_folders_quantize_to_gguf() {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora/base");
+    let dir = common::temp_dir("quantize-hf");
+    let tokens = [1u32, 100, 200, 30, 5, 17];
+    let hf = {
+        let m = load(&base, &LoadOptions { ctx: Some(32), ..Default::default() }).unwrap();
+        let mut cache = m.decoder.new_cache();
+        m.decoder.step(&tokens, &mut cache).unwrap()
+    };
+    for (ty, want, tol) in [("f32", "F32", 1e-5f32), ("f16", "F16", 0.002), ("q8_0", "Q8_0", 0.05)] {
+        let out = dir.join(format!("{ty}.gguf"));
+        let o = common::run(&["quantize", base.to_str().unwrap(), out.to_str().unwrap(), "--type", ty]);
+        assert!(o.status.success(), "{ty}: {}", common::stderr(&o));
+        let q = GgufFile::open(&out).unwrap();
+        assert_eq!(q.get_str("general.architecture"), Some("llama"));
+        assert_eq!(q.get_i64("llama.block_count"), Some(2));
+        assert_eq!(q.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap().len(), 272);
+        assert_eq!(q.tensor_info("blk.0.attn_q.weight").unwrap().dtype.name(), want, "{ty}");
+        let e = rel_err(&logits(&out, &tokens), &hf);
+        assert!(e < tol, "{ty}: relative logit error {e} against the folder (bound {tol})");
+    }
+    // Gemma's layout (GeGLU, embedding scale) is not llama's: refused, nothing written.
+    let gemma = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/gemma");
+    let out = dir.join("gemma.gguf");
+    common::assert_one_line_error(&common::run(&["quantize", gemma.to_str().unwrap(), out.to_str().unwrap(), "--type", "q8_0"]), "llama");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn quantize_errors_are_one_line() {
     let dir = common::temp_dir("quantize-err");

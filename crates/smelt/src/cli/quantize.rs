@@ -12,7 +12,8 @@ use crate::quantize::{quantize_file, FileType};
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// The model to quantize: a GGUF file (ideally f16/bf16/f32).
+    /// The model to quantize: a GGUF file (ideally f16/bf16/f32), or a Hugging Face folder
+    /// of a llama-layout model (Llama, Mistral, SmolLM2, TinyLlama) with its tokenizer.json.
     pub input: PathBuf,
     /// The GGUF file to write.
     pub output: PathBuf,
@@ -44,10 +45,7 @@ fn ppl(model: &Path, text: &str, ctx: usize, chunks: usize) -> Result<(f64, usiz
 
 pub fn quantize(a: QuantizeArgs) -> Result<()> {
     let ftype = FileType::parse(&a.ftype)?;
-    if a.input.is_dir() {
-        bail!("{}: quantizing a Hugging Face folder is not supported yet; give a GGUF file", a.input.display());
-    }
-    if !a.input.is_file() {
+    if !a.input.is_file() && !a.input.is_dir() {
         bail!("{}: no such file", a.input.display());
     }
     if a.output.is_dir() {

@@ -106,9 +106,18 @@ pub fn quantize_gguf(file: &GgufFile, ftype: FileType, mut progress: impl FnMut(
     Ok((w, rep))
 }
 
-/// Quantize the GGUF file `input` into `output` (written atomically).
+/// Quantize `input` into `output` (written atomically): a GGUF file, or a Hugging Face
+/// folder of a llama-layout model ([`crate::export::Exportable::from_hf_dir`]), which is
+/// first written as an f32 GGUF in memory (about twice the f32 model's size at the peak).
 pub fn quantize_file(input: &Path, output: &Path, ftype: FileType, progress: impl FnMut(u64, u64)) -> Result<QuantizeReport> {
-    let file = GgufFile::open(input)?;
+    let file = if input.is_dir() {
+        let m = crate::export::Exportable::from_hf_dir(input)?;
+        let w = crate::export::gguf::gguf_writer(&m, crate::export::gguf::Quant::F32)?;
+        drop(m);
+        GgufFile::from_vec(w.to_bytes())?
+    } else {
+        GgufFile::open(input)?
+    };
     let (w, mut rep) = quantize_gguf(&file, ftype, progress)?;
     let bytes = w.to_bytes();
     drop(w);
