@@ -56,18 +56,7 @@ fn base_as_gguf(quant: Quant, tag: &str) -> PathBuf {
             (n, t)
         })
         .collect();
-    let shape = smelt::train::config::ModelShape {
-        dim: cfg.hidden,
-        layers: cfg.n_layers(),
-        heads: cfg.n_heads,
-        kv_heads: cfg.n_kv_heads,
-        ffn: cfg.intermediate,
-        ctx: cfg.max_position,
-        vocab: cfg.vocab_size,
-        tie_embeddings: cfg.tie_embeddings,
-        rope_theta: cfg.ropes[0].theta,
-        norm_eps: cfg.norm_eps,
-    };
+    let shape = smelt::train::config::ModelShape::of_config(&cfg);
     let m = Exportable { shape, cfg, tensors, tokenizer_dir: dir, name: "lora base".into() };
     let out = temp_dir(&format!("lora-gguf-{tag}")).join("base.gguf");
     export_gguf(&m, quant, &out).unwrap();

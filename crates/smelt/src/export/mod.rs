@@ -63,18 +63,7 @@ impl Exportable {
         use crate::model::Arch;
         let root = crate::load::hf::read_json(&dir.join("config.json"))?;
         let cfg = crate::load::hf_config::config_from_hf(&root)?;
-        let shape = ModelShape {
-            dim: cfg.hidden,
-            layers: cfg.n_layers(),
-            heads: cfg.n_heads,
-            kv_heads: cfg.n_kv_heads,
-            ffn: cfg.intermediate,
-            ctx: cfg.max_position,
-            vocab: cfg.vocab_size,
-            tie_embeddings: cfg.tie_embeddings,
-            rope_theta: cfg.ropes.first().map_or(10000.0, |r| r.theta),
-            norm_eps: cfg.norm_eps,
-        };
+        let shape = ModelShape::of_config(&cfg);
         let canon = shape.llama_config()?;
         if !matches!(cfg.arch, Arch::Llama | Arch::Mistral) || canon != (ModelConfig { arch: Arch::Llama, ..cfg.clone() }) {
             anyhow::bail!(

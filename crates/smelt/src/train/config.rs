@@ -79,6 +79,22 @@ impl Default for ModelShape {
 impl ModelShape {
     /// The decoder configuration: Llama (SwiGLU, RMSNorm, rope in the Hugging Face
     /// half-split layout, no biases).
+    /// The shape of a llama-layout model config (its first rope's base).
+    pub fn of_config(cfg: &ModelConfig) -> ModelShape {
+        ModelShape {
+            dim: cfg.hidden,
+            layers: cfg.n_layers(),
+            heads: cfg.n_heads,
+            kv_heads: cfg.n_kv_heads,
+            ffn: cfg.intermediate,
+            ctx: cfg.max_position,
+            vocab: cfg.vocab_size,
+            tie_embeddings: cfg.tie_embeddings,
+            rope_theta: cfg.ropes.first().map_or(10000.0, |r| r.theta),
+            norm_eps: cfg.norm_eps,
+        }
+    }
+
     pub fn llama_config(&self) -> Result<ModelConfig> {
         if self.heads == 0 || self.dim % self.heads != 0 {
             bail!("model: dim {} is not a multiple of {} heads", self.dim, self.heads);

@@ -27,6 +27,24 @@ unsafe fn bcast(q: *const i8, r: usize, e: usize) -> __m512i {
     _mm512_set1_epi32((q.add(r * 32 + e) as *const i32).read_unaligned())
 }
 
+/// One block of 4-bit quants (16 rows × 16 bytes at `wq`, Q4_0's nibble order) against `R`
+/// activation rows' 32 quants at `q`: `s[r] += Σ u4 · a` per row lane.
+#[inline(always)]
+unsafe fn dot_nibbles<const R: usize>(wq: *const u8, q: *const i8, s: &mut [__m512i; R]) {
+    let low = _mm512_set1_epi8(0x0F);
+    for c in 0..4 {
+        let x = _mm512_load_si512(wq.add(64 * c) as *const _);
+        let lo = _mm512_and_si512(x, low);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), low);
+        for (r, s) in s.iter_mut().enumerate() {
+            *s = _mm512_dpbusd_epi32(*s, lo, bcast(q, r, 4 * c));
+        }
+        for (r, s) in s.iter_mut().enumerate() {
+            *s = _mm512_dpbusd_epi32(*s, hi, bcast(q, r, 16 + 4 * c));
+        }
+    }
+}
+
 /// Weights stream through once per token: ask for block `wq`'s `bytes` PF bytes ahead.
 #[inline(always)]
 unsafe fn prefetch_block(wq: *const u8, bytes: usize) {
@@ -74,7 +92,6 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
     }
     let qb = if T == Q8_0 { 32 } else { 16 };
     let f = nb * RG * qb; // the fields
-    let low = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nb {
         let wq = w.add(b * RG * qb);
@@ -99,17 +116,7 @@ pub unsafe fn tile<const T: u8, const R: usize>(w: *const u8, nb: usize, a: PAct
                 }
             }
         } else {
-            for c in 0..4 {
-                let x = _mm512_load_si512(wq.add(64 * c) as *const _);
-                let lo = _mm512_and_si512(x, low);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), low);
-                for (r, s) in s.iter_mut().enumerate() {
-                    *s = _mm512_dpbusd_epi32(*s, lo, bcast(q, r, 4 * c));
-                }
-                for (r, s) in s.iter_mut().enumerate() {
-                    *s = _mm512_dpbusd_epi32(*s, hi, bcast(q, r, 16 + 4 * c));
-                }
-            }
+            dot_nibbles(wq, q, &mut s);
         }
         // Per-row scale and offset (`w = wd·q + wm` per block).
         let half = |at: usize| _mm512_cvtph_ps(_mm256_load_si256(w.add(at) as *const __m256i));
@@ -142,7 +149,6 @@ unsafe fn tile_q4k<const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut 
     const QB: usize = 16;
     const AHEAD: usize = PF / (RG * QB);
     let f = nb * RG * QB; // the fields
-    let low = _mm512_set1_epi8(0x0F);
     let half = |at: usize| _mm512_cvtph_ps(_mm256_load_si256(w.add(at) as *const __m256i));
     let byte_f32 = |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(w.add(at) as *const __m128i)));
     let mut acc = [_mm512_setzero_ps(); R];
@@ -158,17 +164,7 @@ unsafe fn tile_q4k<const R: usize>(w: *const u8, nb: usize, a: PActRow, y: *mut 
             let slot = b * PANEL;
             let q = a.qs.add(slot * 32);
             let mut s = [_mm512_setzero_si512(); R];
-            for c in 0..4 {
-                let x = _mm512_load_si512(wq.add(64 * c) as *const _);
-                let lo = _mm512_and_si512(x, low);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), low);
-                for (r, s) in s.iter_mut().enumerate() {
-                    *s = _mm512_dpbusd_epi32(*s, lo, bcast(q, r, 4 * c));
-                }
-                for (r, s) in s.iter_mut().enumerate() {
-                    *s = _mm512_dpbusd_epi32(*s, hi, bcast(q, r, 16 + 4 * c));
-                }
-            }
+            dot_nibbles(wq, q, &mut s);
             let wd = _mm512_mul_ps(byte_f32(f + 16 * b), d);
             let wm = _mm512_mul_ps(byte_f32(f + 16 * nb + 16 * b), dmin);
             for (r, acc) in acc.iter_mut().enumerate() {
