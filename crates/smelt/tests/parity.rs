@@ -191,3 +191,109 @@ fn config_mismatch_is_a_clear_error() {
     assert!(err.contains("shape"), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// A copy of a case's model folder (config, weights, shards) without the expected-output
+/// files, with `edit` applied to its config.
+fn model_copy(src: &Path, tag: &str, edit: &dyn Fn(&mut serde_json::Value)) -> PathBuf {
+    let tmp = std::env::temp_dir().join(format!("smelt-convert-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("model") {
+            std::fs::copy(&p, tmp.join(&name)).unwrap();
+        }
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    tmp
+}
+
+/// Every architecture's folder converts to a GGUF in llama.cpp's layout whose logits are
+/// the folder's (the file is read back by smelt's GGUF loader: llama q/k permuted for the
+/// interleaved rope, Gemma norms shifted, rope factors as tensors, Gemma windows as keys;
+/// the folder's own logits are transformers', by `every_architecture_matches_transformers`).
+/// Where llama.cpp has no sliding window for the architecture, the conversion says so and
+/// the logits agree up to the window. Gemma cases with a query scale llama.cpp cannot
+/// express (`inexpressible_folders_are_refused`) are converted with the standard one.
+#[test]
+fn every_architecture_converts_to_gguf() {
+    use smelt::export::convert::hf_dir_to_gguf;
+    use smelt::load::tensors::GgufTensors;
+    let mut failures = Vec::new();
+    for src in all_cases() {
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        let dir = model_copy(&src, &name, &|c| {
+            if c.get("query_pre_attn_scalar").is_some() {
+                c["query_pre_attn_scalar"] = c.get("head_dim").cloned().unwrap_or(serde_json::json!(16));
+            }
+        });
+        let case = read_case(&src);
+        let hf = load_hf_decoder(&dir, None).unwrap();
+        let want = hf.forward(&mut [SeqInput { tokens: &case.input_ids, cache: None }], Logits::All).unwrap();
+        let c = match hf_dir_to_gguf(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        };
+        let window = hf.cfg.layers.iter().filter_map(|l| l.sliding_window).min();
+        let kept = c.config.layers.iter().any(|l| l.sliding_window.is_some());
+        let rows = match (window, kept) {
+            (Some(w), false) => {
+                assert!(c.notes.iter().any(|n| n.contains("sliding window")), "{name}: window dropped without a note");
+                w.min(case.input_ids.len())
+            }
+            _ => {
+                assert!(c.notes.is_empty(), "{name}: {:?}", c.notes);
+                case.input_ids.len()
+            }
+        };
+        let model = Decoder::load(&c.config, &GgufTensors::new(c.file.clone(), Device::Cpu), 64, &Device::Cpu).unwrap();
+        let all = model.forward(&mut [SeqInput { tokens: &case.input_ids, cache: None }], Logits::All).unwrap();
+        let d = max_diff(&all.narrow(0, 0, rows).unwrap(), &want.narrow(0, 0, rows).unwrap());
+        eprintln!("{name}: {} tensors, {rows} positions compared, max diff {d:.2e}", c.file.tensors.len());
+        if d > 1e-5 {
+            failures.push(format!("{name}: GGUF logits differ from the folder's by {d}"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    assert!(failures.is_empty(), "conversion failures:\n{}", failures.join("\n"));
+}
+
+/// What GGUF cannot express is refused with the field, never written as another model.
+#[test]
+fn inexpressible_folders_are_refused() {
+    use smelt::export::convert::hf_dir_to_gguf;
+    let refused = |case: &str, edit: &dyn Fn(&mut serde_json::Value)| -> String {
+        let dir = model_copy(&fixtures().join(case), &format!("bad-{case}"), edit);
+        let e = format!("{:#}", hf_dir_to_gguf(&dir).err().expect("refused"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        e
+    };
+    // llama.cpp scales Gemma queries by 1/sqrt(head_dim) (but for the 27B shapes).
+    let e = refused("gemma3", &|_| {});
+    assert!(e.contains("attention scale"), "{e}");
+    let e = refused("gemma2", &|c| c["query_pre_attn_scalar"] = serde_json::json!(24));
+    assert!(e.contains("attention scale"), "{e}");
+    // Partial rotary does not fit llama's permuted layout.
+    let e = refused("llama", &|c| c["partial_rotary_factor"] = serde_json::json!(0.5));
+    assert!(e.contains("partial rotary"), "{e}");
+    // Gemma 3's local layers take their rope from one base; a scaled local rope is lost.
+    let e = refused("gemma3", &|c| {
+        c["query_pre_attn_scalar"] = c["head_dim"].clone();
+        c["rope_parameters"] = serde_json::json!({"sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+                                                  "full_attention": {"rope_type": "default", "rope_theta": 1e6}})
+    });
+    assert!(e.contains("rope"), "{e}");
+    // A tensor the layout has no place for.
+    let dir = model_copy(&fixtures().join("qwen2"), "extra", &|_| {});
+    let extra = std::collections::HashMap::from([("model.layers.0.mlp.extra_proj.weight".to_string(), Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).unwrap())]);
+    safetensors::save(&extra, dir.join("model-extra.safetensors")).unwrap();
+    let e = format!("{:#}", hf_dir_to_gguf(&dir).err().expect("refused"));
+    assert!(e.contains("extra_proj") && e.contains("no place"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -230,10 +230,20 @@ fn hugging_face_folders_quantize_to_gguf() {
         let e = rel_err(&logits(&out, &tokens), &hf);
         assert!(e < tol, "{ty}: relative logit error {e} against the folder (bound {tol})");
     }
-    // Gemma's layout (GeGLU, embedding scale) is not llama's: refused, nothing written.
-    let gemma = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/gemma");
-    let out = dir.join("gemma.gguf");
-    common::assert_one_line_error(&common::run(&["quantize", gemma.to_str().unwrap(), out.to_str().unwrap(), "--type", "q8_0"]), "llama");
+    // A folder without its tokenizer, or with a tokenizer larger than the embedding table,
+    // is refused in one line and nothing is written.
+    let qwen = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/qwen2");
+    let out = dir.join("qwen.gguf");
+    common::assert_one_line_error(&common::run(&["quantize", qwen.to_str().unwrap(), out.to_str().unwrap(), "--type", "q8_0"]), "tokenizer.json");
+    let small = dir.join("qwen2-with-tokenizer");
+    std::fs::create_dir_all(&small).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(qwen.join(f), small.join(f)).unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(base.join(f), small.join(f)).unwrap();
+    }
+    common::assert_one_line_error(&common::run(&["quantize", small.to_str().unwrap(), out.to_str().unwrap(), "--type", "q8_0"]), "268 tokens");
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -97,6 +97,9 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         rep.out_bytes as f64 / 1e6,
         types.join(", ")
     );
+    for n in &rep.notes {
+        println!("note: {n}");
+    }
     if rep.requantized > 0 {
         println!("note: {} tensors were already quantized; quantizing again costs more quality than starting from f16", rep.requantized);
     }

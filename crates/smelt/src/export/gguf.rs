@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 
-use super::tokenizer::gguf_tokenizer_metadata;
+use super::tokenizer::padded_tokenizer_metadata;
 use super::Exportable;
 use crate::load::gguf::{GgmlType, GgufWriter, Value};
 use crate::model::rope::permute_rows_for_interleaved;
@@ -116,19 +116,7 @@ pub fn gguf_writer(m: &Exportable, quant: Quant) -> Result<GgufWriter> {
         .kv(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(c.norm_eps as f32))
         .kv(&format!("{a}.rope.freq_base"), Value::F32(m.shape.rope_theta as f32))
         .kv(&format!("{a}.rope.dimension_count"), Value::U32(c.head_dim as u32));
-    for (k, mut v) in gguf_tokenizer_metadata(&m.tokenizer_dir)? {
-        // A vocabulary padded past the tokenizer (embedding rows no token uses) gets
-        // `[PAD{i}]` tokens of type unused, as llama.cpp's converter writes them: llama.cpp
-        // wants one token per embedding row.
-        if let Value::Array(a) = &mut v {
-            let pad = |i: usize| if k == "tokenizer.ggml.tokens" { Some(Value::String(format!("[PAD{i}]"))) } else if k == "tokenizer.ggml.token_type" { Some(Value::I32(5)) } else { None };
-            while a.len() < c.vocab_size {
-                match pad(a.len()) {
-                    Some(p) => a.push(p),
-                    None => break,
-                }
-            }
-        }
+    for (k, v) in padded_tokenizer_metadata(&m.tokenizer_dir, c.vocab_size)? {
         w.kv(&k, v);
     }
     for (name, _) in crate::train::params::llama_tensor_shapes(c) {

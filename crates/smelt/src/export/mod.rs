@@ -3,8 +3,10 @@
 //!
 //! [`hf`] writes safetensors under transformers' names; [`gguf`] writes GGUF metadata,
 //! q/k rows permuted for llama.cpp's interleaved rope, and optional quantization;
-//! [`tokenizer`] turns `tokenizer.json` into `tokenizer.ggml.*`; [`safetensors`] is the writer.
+//! [`tokenizer`] turns `tokenizer.json` into `tokenizer.ggml.*`; [`safetensors`] is the writer;
+//! [`convert`] turns a Hugging Face folder of any supported architecture into a GGUF.
 
+pub mod convert;
 pub mod gguf;
 pub mod hf;
 pub mod merge;
@@ -53,46 +55,6 @@ impl Exportable {
         let run = state.config.run.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = format!("{} step {}", if run.is_empty() { "smelt" } else { &run }, state.step);
         Ok(Exportable { shape, cfg, tensors, tokenizer_dir: dir, name })
-    }
-
-    /// From a Hugging Face folder of a plain llama-layout model (Llama, Mistral without a
-    /// sliding window, SmolLM2, TinyLlama: anything whose config is expressible as smelt's
-    /// llama shape), with its tokenizer.json. Other layouts are refused with the reason:
-    /// the GGUF writer only knows llama.cpp's `llama` architecture.
-    pub fn from_hf_dir(dir: &Path) -> Result<Exportable> {
-        use crate::model::Arch;
-        let root = crate::load::hf::read_json(&dir.join("config.json"))?;
-        let cfg = crate::load::hf_config::config_from_hf(&root)?;
-        let shape = ModelShape::of_config(&cfg);
-        let canon = shape.llama_config()?;
-        if !matches!(cfg.arch, Arch::Llama | Arch::Mistral) || canon != (ModelConfig { arch: Arch::Llama, ..cfg.clone() }) {
-            anyhow::bail!(
-                "{}: a {} model with this config (rope scaling, sliding windows, head size, norms or activation beyond a plain llama layout) cannot be written as a GGUF yet; convert it with llama.cpp's convert_hf_to_gguf.py, then `smelt quantize` the GGUF",
-                dir.display(),
-                cfg.arch.name()
-            );
-        }
-        if !dir.join("tokenizer.json").is_file() {
-            anyhow::bail!("{}: no tokenizer.json (the GGUF carries the tokenizer)", dir.display());
-        }
-        let mut stored = HashMap::new();
-        for f in crate::load::hf::safetensors_files(dir)? {
-            stored.extend(candle_core::safetensors::load(&f, &Device::Cpu).with_context(|| format!("cannot read {}", f.display()))?);
-        }
-        if let Some(b) = stored.keys().find(|k| k.ends_with(".bias")) {
-            anyhow::bail!("{}: tensor {b}: biases are not part of the llama layout", dir.display());
-        }
-        let mut tensors = HashMap::new();
-        for (name, dims) in crate::train::params::llama_tensor_shapes(&canon) {
-            let hf = hf::hf_name(&name).with_context(|| format!("no transformers name for {name}"))?;
-            let t = stored.remove(&hf).with_context(|| format!("{}: missing tensor {hf}", dir.display()))?;
-            if t.dims() != dims.as_slice() {
-                anyhow::bail!("{}: tensor {hf} has shape {:?}, the config says {dims:?}", dir.display(), t.dims());
-            }
-            tensors.insert(name, t);
-        }
-        let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "model".into());
-        Ok(Exportable { shape, cfg: canon, tensors, tokenizer_dir: dir.to_path_buf(), name })
     }
 
     pub fn tensor(&self, name: &str) -> Result<&Tensor> {

@@ -15,6 +15,7 @@ use crate::load::gguf::Value;
 const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
 
 fn read_json(path: &Path) -> Result<Json> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -108,11 +109,40 @@ pub fn gguf_tokenizer_metadata(dir: &Path) -> Result<Vec<(String, Value)>> {
     let flag = |k: &str| cfg.get(k).and_then(Json::as_bool).unwrap_or(false);
     kv.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(flag("add_bos_token"))));
     kv.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(flag("add_eos_token"))));
-    if let Some(t) = cfg.get("chat_template").and_then(Json::as_str) {
-        kv.push(("tokenizer.chat_template".into(), Value::String(t.to_string())));
+    if let Some(t) = crate::load::hf::chat_template(dir)? {
+        kv.push(("tokenizer.chat_template".into(), Value::String(t)));
     }
     kv.push(("tokenizer.ggml.tokens".into(), Value::Array(tokens)));
     kv.push(("tokenizer.ggml.token_type".into(), Value::Array(types)));
     kv.push(("tokenizer.ggml.merges".into(), Value::Array(merges)));
+    Ok(kv)
+}
+
+/// [`gguf_tokenizer_metadata`] for a model of `vocab_size` embedding rows: a vocabulary
+/// padded past the tokenizer (rows no token uses) gets `[PAD{i}]` tokens of type unused, as
+/// llama.cpp's converter writes them, since llama.cpp wants one token per embedding row.
+pub fn padded_tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+    let mut kv = gguf_tokenizer_metadata(dir)?;
+    for (k, v) in &mut kv {
+        if let Value::Array(a) = v {
+            let pad = |i: usize| match k.as_str() {
+                "tokenizer.ggml.tokens" => Some(Value::String(format!("[PAD{i}]"))),
+                "tokenizer.ggml.token_type" => Some(Value::I32(UNUSED)),
+                "tokenizer.ggml.scores" => Some(Value::F32(-1000.0)),
+                _ => None,
+            };
+            while a.len() < vocab_size {
+                match pad(a.len()) {
+                    Some(p) => a.push(p),
+                    None => break,
+                }
+            }
+        }
+    }
+    if let Some((_, Value::Array(t))) = kv.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+        if t.len() > vocab_size {
+            bail!("the tokenizer has {} tokens but the model only {vocab_size} embedding rows", t.len());
+        }
+    }
     Ok(kv)
 }

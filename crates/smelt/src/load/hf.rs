@@ -62,8 +62,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Gemma keeps RMSNorm weights as `w` and multiplies by `1 + w`; smelt's decoder uses
 /// `w`, so Hugging Face Gemma norms are shifted by one at load (GGUF files already are).
-struct ShiftNorms<'a> {
-    inner: &'a dyn TensorSource,
+pub(crate) struct ShiftNorms<'a> {
+    pub inner: &'a dyn TensorSource,
 }
 
 impl TensorSource for ShiftNorms<'_> {

@@ -120,7 +120,7 @@ impl SafetensorsTensors {
     }
 
     /// Canonical name -> the name in the checkpoint.
-    fn hf_name(&self, name: &str) -> Option<String> {
+    pub fn stored_name(&self, name: &str) -> Option<String> {
         let p = &self.prefix;
         let sandwich = matches!(self.arch, Arch::Gemma2 | Arch::Gemma3);
         Some(match name {
@@ -169,7 +169,7 @@ impl SafetensorsTensors {
 
 impl TensorSource for SafetensorsTensors {
     fn get(&self, name: &str) -> Result<Option<Weight>> {
-        let Some(hf) = self.hf_name(name) else { return Ok(None) };
+        let Some(hf) = self.stored_name(name) else { return Ok(None) };
         if self.st.get(&hf).is_err() {
             return Ok(None);
         }

@@ -27,6 +27,8 @@ pub struct QuantizeReport {
     pub out_bytes: u64,
     /// Output type → number of tensors.
     pub types: std::collections::BTreeMap<String, usize>,
+    /// What the conversion of a Hugging Face folder could not keep, one line each.
+    pub notes: Vec<String>,
 }
 
 /// The values of a tensor as f32.
@@ -107,18 +109,22 @@ pub fn quantize_gguf(file: &GgufFile, ftype: FileType, mut progress: impl FnMut(
 }
 
 /// Quantize `input` into `output` (written atomically): a GGUF file, or a Hugging Face
-/// folder of a llama-layout model ([`crate::export::Exportable::from_hf_dir`]), which is
-/// first written as an f32 GGUF in memory (about twice the f32 model's size at the peak).
+/// model folder with its tokenizer ([`crate::export::convert`]), which is first converted to
+/// an f32 GGUF in memory (about twice the f32 model's size at the peak).
 pub fn quantize_file(input: &Path, output: &Path, ftype: FileType, progress: impl FnMut(u64, u64)) -> Result<QuantizeReport> {
+    let mut notes = Vec::new();
     let file = if input.is_dir() {
-        let m = crate::export::Exportable::from_hf_dir(input)?;
-        let w = crate::export::gguf::gguf_writer(&m, crate::export::gguf::Quant::F32)?;
-        drop(m);
-        GgufFile::from_vec(w.to_bytes())?
+        if !input.join("tokenizer.json").is_file() {
+            anyhow::bail!("{}: no tokenizer.json (the GGUF carries the tokenizer)", input.display());
+        }
+        let c = crate::export::convert::hf_dir_to_gguf(input)?;
+        notes = c.notes;
+        c.file
     } else {
-        GgufFile::open(input)?
+        std::sync::Arc::new(GgufFile::open(input)?)
     };
     let (w, mut rep) = quantize_gguf(&file, ftype, progress)?;
+    rep.notes = notes;
     let bytes = w.to_bytes();
     drop(w);
     rep.out_bytes = bytes.len() as u64;
