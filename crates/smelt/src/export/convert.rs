@@ -275,7 +275,7 @@ pub fn hf_dir_to_gguf(dir: &Path) -> Result<Converted> {
     let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "model".into());
     w.kv("general.name", Value::String(name)).kv("general.file_type", Value::U32(0)).kv("general.quantization_version", Value::U32(2));
     if dir.join("tokenizer.json").is_file() {
-        for (key, v) in super::tokenizer::padded_tokenizer_metadata(dir, cfg.vocab_size)? {
+        for (key, v) in super::tokenizer::padded_tokenizer_metadata(dir, cfg.vocab_size, &mut notes)? {
             w.kv(&key, v);
         }
     }

@@ -116,8 +116,12 @@ pub fn gguf_writer(m: &Exportable, quant: Quant) -> Result<GgufWriter> {
         .kv(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(c.norm_eps as f32))
         .kv(&format!("{a}.rope.freq_base"), Value::F32(m.shape.rope_theta as f32))
         .kv(&format!("{a}.rope.dimension_count"), Value::U32(c.head_dim as u32));
-    for (k, v) in padded_tokenizer_metadata(&m.tokenizer_dir, c.vocab_size)? {
+    let mut notes = Vec::new();
+    for (k, v) in padded_tokenizer_metadata(&m.tokenizer_dir, c.vocab_size, &mut notes)? {
         w.kv(&k, v);
+    }
+    for n in notes {
+        tracing::warn!("{n}");
     }
     for (name, _) in crate::train::params::llama_tensor_shapes(c) {
         let mut t = m.tensor(&name)?.clone();

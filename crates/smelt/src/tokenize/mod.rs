@@ -18,10 +18,10 @@
 //! llama.cpp's `clean_up_tokenization_spaces` pass, so byte-level BPE round-trips exactly.
 
 mod bpe;
-mod bytelevel;
+pub(crate) mod bytelevel;
 mod gguf;
 mod hf;
-mod pretok;
+pub(crate) mod pretok;
 mod spm;
 mod special;
 mod stream;
