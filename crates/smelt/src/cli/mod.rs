@@ -80,7 +80,7 @@ pub enum Command {
     BenchDistill(train::BenchDistillArgs),
     /// Export a training checkpoint as a Hugging Face folder or a GGUF file.
     Export(export::ExportArgs),
-    /// Quantize a GGUF model to another type (q4_0 ... q8_0, q4_k_m, q5_k_m, q6_k, f16).
+    /// Quantize a GGUF file or a Hugging Face folder to GGUF (q4_0 ... q8_0, q4_k_m, q5_k_m, q6_k, f16).
     Quantize(quantize::QuantizeArgs),
     /// Measure inference speed: prefill and decode tokens/s, memory, bandwidth (llama-bench-like).
     Bench(bench::BenchArgs),

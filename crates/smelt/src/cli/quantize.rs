@@ -13,7 +13,7 @@ use crate::quantize::{quantize_file, FileType};
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
     /// The model to quantize: a GGUF file (ideally f16/bf16/f32), or a Hugging Face folder
-    /// of a llama-layout model (Llama, Mistral, SmolLM2, TinyLlama) with its tokenizer.json.
+    /// (Llama, Mistral, Qwen 2/3, Phi-3, Gemma 1/2/3) with its tokenizer.json.
     pub input: PathBuf,
     /// The GGUF file to write.
     pub output: PathBuf,
