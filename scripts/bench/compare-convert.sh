@@ -29,7 +29,9 @@ for dir in "$W"/hf/*/; do
         ours=$("$SMELT" perplexity "$out" -f "$W/eval.txt" -c 128 --chunks 8 -t 2 --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])')
         # -nr: llama.cpp's AMX matmul (CPUs with AMX) crashes on these small Q8_0 matrices,
         # its own llama-quantize output included; without repacking it runs its AVX-512 code.
-        theirs=$("$BIN/llama-perplexity" -m "$out" -f "$W/eval.txt" -c 128 --chunks 8 -t 2 -nr 2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
-        printf '%-15s %-6s %12s %12s\n' "$arch" "$ty" "$ours" "${theirs:-FAILED}"
+        rc=0
+        "$BIN/llama-perplexity" -m "$out" -f "$W/eval.txt" -c 128 --chunks 8 -t 2 -nr > "$W/$arch.$ty.llama.log" 2>&1 || rc=$?
+        theirs=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$W/$arch.$ty.llama.log")
+        printf '%-15s %-6s %12s %12s\n' "$arch" "$ty" "$ours" "${theirs:-FAILED (exit $rc, $W/$arch.$ty.llama.log)}"
     done
 done

@@ -23,17 +23,82 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::load::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use crate::load::gguf::{GgmlType, GgufFile, GgufWriter, TensorInfo, Value};
 use crate::load::tensors::{GgufTensors, SafetensorsTensors, TensorSource};
 use crate::model::config::{Arch, ModelConfig, RopeLayout, RopeScaling};
 use crate::model::rope::{inv_freqs, permute_rows_for_interleaved};
 
-/// A converted folder: the f32 GGUF, read back, and what the conversion could not keep
-/// (one line each, for the user).
+/// A converted folder: GGUF metadata and a tensor directory (all f32) whose values are
+/// read from the folder's memory-mapped safetensors when asked for, one tensor at a time
+/// (the [`crate::quantize::Source`] `smelt quantize` reads), plus the configuration the
+/// metadata reads back as and what the conversion could not keep (one line each).
 pub struct Converted {
-    pub file: Arc<GgufFile>,
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<TensorInfo>,
+    parts: Vec<Part>,
+    st: SafetensorsTensors,
+    in_bytes: u64,
     pub config: ModelConfig,
     pub notes: Vec<String>,
+}
+
+/// Where a tensor's values come from.
+enum Part {
+    /// The folder's tensor of this canonical name; Gemma norms get 1 added, llama q/k rows
+    /// are permuted per head (the head count given).
+    Stored { shift: bool, permute: Option<usize> },
+    /// Made by the conversion (rope factors).
+    Values(Vec<f32>),
+}
+
+impl Converted {
+    fn part(&self, t: &TensorInfo) -> Result<&Part> {
+        let i = self.tensors.iter().position(|x| x.name == t.name).with_context(|| format!("no tensor {}", t.name))?;
+        Ok(&self.parts[i])
+    }
+
+    /// The whole f32 file in memory (small models and tests).
+    pub fn to_gguf(&self) -> Result<GgufFile> {
+        let mut w = GgufWriter::new();
+        for (k, v) in &self.metadata {
+            w.kv(k, v.clone());
+        }
+        for t in &self.tensors {
+            let data = crate::quantize::Source::values(self, t)?.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.tensor(&t.name, t.dims.clone(), GgmlType::F32, data);
+        }
+        GgufFile::from_vec(w.to_bytes())
+    }
+}
+
+impl crate::quantize::Source for Converted {
+    fn metadata(&self) -> Vec<(&str, &Value)> {
+        self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+    fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+    fn raw(&self, t: &TensorInfo) -> Result<std::borrow::Cow<'_, [u8]>> {
+        Ok(std::borrow::Cow::Owned(self.values(t)?.iter().flat_map(|v| v.to_le_bytes()).collect()))
+    }
+    fn values(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        match self.part(t)? {
+            Part::Values(v) => Ok(v.clone()),
+            Part::Stored { shift, permute: heads } => {
+                let mut x = self.st.get_dense(&t.name)?.with_context(|| format!("missing tensor {}", t.name))?;
+                if *shift {
+                    x = (x + 1.0)?;
+                }
+                if let Some(h) = heads {
+                    x = permute(&x, *h)?;
+                }
+                Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+            }
+        }
+    }
+    fn size(&self) -> u64 {
+        self.in_bytes
+    }
 }
 
 /// llama.cpp's architecture name for a model family.
@@ -70,10 +135,6 @@ fn permute(t: &Tensor, n_heads: usize) -> Result<Tensor> {
         return Ok(permute_rows_for_interleaved(&t.reshape((n, 1))?, n_heads)?.reshape(n)?);
     }
     permute_rows_for_interleaved(t, n_heads)
-}
-
-fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 fn f32_vec_tensor(w: &mut GgufWriter, name: &str, v: &[f64]) {
@@ -264,11 +325,11 @@ pub fn hf_dir_to_gguf(dir: &Path) -> Result<Converted> {
         return Err(refuse("partial rotary embeddings do not fit llama.cpp's llama layout".into()));
     }
     let files = crate::load::hf::safetensors_files(dir)?;
+    let in_bytes = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
     let st = SafetensorsTensors::open(&files, cfg.arch, Device::Cpu)?;
     let is_gemma = matches!(cfg.arch, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3);
-    let shifted = crate::load::hf::ShiftNorms { inner: &st };
-    let src: &dyn TensorSource = if is_gemma { &shifted } else { &st };
 
+    // Metadata and the generated tensors (rope factors) first: read back on their own.
     let mut w = GgufWriter::new();
     let mut notes = Vec::new();
     write_hparams(&mut w, &cfg, &mut notes).map_err(|e| refuse(e.to_string()))?;
@@ -279,7 +340,25 @@ pub fn hf_dir_to_gguf(dir: &Path) -> Result<Converted> {
             w.kv(&key, v);
         }
     }
+    let head = Arc::new(GgufFile::from_vec(w.to_bytes())?);
+    let embd = st.stored_shape("token_embd.weight").with_context(|| format!("{}: no token embeddings", dir.display()))?;
+    let vocab = embd.first().copied().unwrap_or(0);
+    let back = crate::load::gguf_config::config_from_metadata(&head, vocab, cfg.tie_embeddings, &GgufTensors::new(head.clone(), Device::Cpu))
+        .context("the GGUF metadata does not read back")?;
+    check_same(&cfg, &back).map_err(|e| refuse(format!("GGUF cannot express it: {e}")))?;
 
+    let mut tensors = Vec::new();
+    let mut parts = Vec::new();
+    let mut add = |name: &str, shape: &[usize], part: Part| {
+        let dims: Vec<usize> = shape.iter().rev().copied().collect(); // ggml: innermost first
+        let n: usize = dims.iter().product();
+        tensors.push(TensorInfo { name: name.to_string(), dims, dtype: GgmlType::F32, offset: 0, size: n * 4 });
+        parts.push(part);
+    };
+    for (name, _, _, data) in &w.tensors {
+        let v: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        add(name, &[v.len()], Part::Values(v));
+    }
     let mut used = BTreeSet::new();
     let mut names: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
     if !cfg.tie_embeddings {
@@ -293,20 +372,19 @@ pub fn hf_dir_to_gguf(dir: &Path) -> Result<Converted> {
         }
     }
     for name in names {
-        let Some(t) = src.get_dense(&name)? else {
+        let Some(shape) = st.stored_shape(&name) else {
             if name.ends_with(".weight") {
                 return Err(refuse(format!("tensor {name} ({}) is missing", st.stored_name(&name).unwrap_or_default())));
             }
             continue;
         };
         used.insert(st.stored_name(&name).unwrap_or_default());
-        let t = match name.rsplit('.').nth(1) {
-            Some("attn_q") if llama => permute(&t, cfg.n_heads)?,
-            Some("attn_k") if llama => permute(&t, cfg.n_kv_heads)?,
-            _ => t,
+        let permute = match name.rsplit('.').nth(1) {
+            Some("attn_q") if llama => Some(cfg.n_heads),
+            Some("attn_k") if llama => Some(cfg.n_kv_heads),
+            _ => None,
         };
-        let dims: Vec<usize> = t.dims().iter().rev().copied().collect(); // ggml: innermost first
-        w.tensor(&name, dims, GgmlType::F32, f32_bytes(&t)?);
+        add(&name, &shape, Part::Stored { shift: is_gemma && name.ends_with("norm.weight"), permute });
     }
     let left: Vec<String> = st
         .names()
@@ -317,13 +395,7 @@ pub fn hf_dir_to_gguf(dir: &Path) -> Result<Converted> {
     if let Some(n) = left.first() {
         return Err(refuse(format!("tensor {n} (and {} more) has no place in the GGUF layout", left.len() - 1)));
     }
-
-    let file = Arc::new(GgufFile::from_vec(w.to_bytes())?);
-    drop(w);
-    let back = crate::load::gguf_config::config_from_gguf(&file, &GgufTensors::new(file.clone(), Device::Cpu))
-        .context("the written GGUF does not read back")?;
-    check_same(&cfg, &back).map_err(|e| refuse(format!("GGUF cannot express it: {e}")))?;
-    Ok(Converted { file, config: back, notes })
+    Ok(Converted { metadata: w.metadata, tensors, parts, st, in_bytes, config: back, notes })
 }
 
 #[cfg(test)]

@@ -8,6 +8,14 @@ use crate::model::config::*;
 use crate::model::rope::longrope_attn_factor;
 
 pub fn config_from_gguf(f: &GgufFile, tensors: &dyn TensorSource) -> Result<ModelConfig> {
+    let vocab_size = f.tensor_info("token_embd.weight").context("model file is missing tensor \"token_embd.weight\"")?.shape()[0];
+    config_from_metadata(f, vocab_size, f.tensor_info("output.weight").is_none(), tensors)
+}
+
+/// [`config_from_gguf`] with the two facts it reads off the tensor directory given: the
+/// embedding rows and whether the output matrix is the embedding's. `f` needs only the
+/// metadata (and rope factor tensors, read through `tensors`).
+pub fn config_from_metadata(f: &GgufFile, vocab_size: usize, tie_embeddings: bool, tensors: &dyn TensorSource) -> Result<ModelConfig> {
     let arch_name = f.architecture()?;
     let arch = Arch::parse(arch_name)?;
     let key = |k: &str| format!("{arch_name}.{k}");
@@ -46,10 +54,8 @@ pub fn config_from_gguf(f: &GgufFile, tensors: &dyn TensorSource) -> Result<Mode
     let head_dim = get_usize("attention.key_length")?.unwrap_or(hidden / n_heads);
     let max_position = get_usize("context_length")?.unwrap_or(2048);
     let norm_eps = f.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
-    let vocab_size = f.tensor_info("token_embd.weight").context("model file is missing tensor \"token_embd.weight\"")?.shape()[0];
     let theta = f.get_f64(&key("rope.freq_base")).unwrap_or(10000.0);
     let rotary_dim = get_usize("rope.dimension_count")?.unwrap_or(head_dim);
-    let tie_embeddings = f.tensor_info("output.weight").is_none();
 
     let layout = match arch {
         // llama.cpp's converter permutes llama q/k rows for the interleaved ("normal") rope.

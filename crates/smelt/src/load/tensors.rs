@@ -157,6 +157,11 @@ impl SafetensorsTensors {
 }
 
 impl SafetensorsTensors {
+    /// The stored shape of a tensor, by canonical name, without reading it.
+    pub fn stored_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.st.get(&self.stored_name(name)?).ok().map(|v| v.shape().to_vec())
+    }
+
     /// Stored dtype → number of tensors, for `smelt info`.
     pub fn dtype_counts(&self) -> std::collections::BTreeMap<String, usize> {
         let mut m = std::collections::BTreeMap::new();

@@ -71,33 +71,67 @@ pub fn quantize_f32(t: GgmlType, x: &[f32], cols: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// What [`quantize_gguf`] reads: GGUF metadata and a tensor directory whose data comes on
+/// demand, one tensor at a time — a GGUF file, or a Hugging Face folder being converted
+/// ([`crate::export::convert::Converted`]), so that a folder never sits in memory whole.
+pub trait Source {
+    fn metadata(&self) -> Vec<(&str, &Value)>;
+    fn tensors(&self) -> &[TensorInfo];
+    /// The tensor's bytes in its `dtype`.
+    fn raw(&self, t: &TensorInfo) -> Result<std::borrow::Cow<'_, [u8]>>;
+    /// The tensor's values.
+    fn values(&self, t: &TensorInfo) -> Result<Vec<f32>>;
+    /// Input size, for the report.
+    fn size(&self) -> u64;
+}
+
+impl Source for GgufFile {
+    fn metadata(&self) -> Vec<(&str, &Value)> {
+        self.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+    fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+    fn raw(&self, t: &TensorInfo) -> Result<std::borrow::Cow<'_, [u8]>> {
+        Ok(std::borrow::Cow::Borrowed(self.tensor_data(t)))
+    }
+    fn values(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        tensor_f32(self, t)
+    }
+    fn size(&self) -> u64 {
+        self.file_size() as u64
+    }
+}
+
 /// Build the quantized file, tensors in llama.cpp's order. `progress(done, total)` is called after each tensor with
 /// counts of input elements.
-pub fn quantize_gguf(file: &GgufFile, ftype: FileType, mut progress: impl FnMut(u64, u64)) -> Result<(GgufWriter, QuantizeReport)> {
-    let arch = file.architecture()?.to_string();
-    let n_layers = file.get_i64(&format!("{arch}.block_count")).context("GGUF has no block_count")? as usize;
-    let mut order: Vec<&TensorInfo> = file.tensors.iter().collect();
+pub fn quantize_gguf(file: &dyn Source, ftype: FileType, mut progress: impl FnMut(u64, u64)) -> Result<(GgufWriter, QuantizeReport)> {
+    let meta = file.metadata();
+    let get = |k: &str| meta.iter().find(|(x, _)| *x == k).map(|(_, v)| *v);
+    let arch = get("general.architecture").and_then(Value::as_str).context("GGUF has no general.architecture")?.to_string();
+    let n_layers = get(&format!("{arch}.block_count")).and_then(Value::as_i64).context("GGUF has no block_count")? as usize;
+    let mut order: Vec<&TensorInfo> = file.tensors().iter().collect();
     order.sort_by(|a, b| mix::llama_order(&a.name, &b.name));
     let mut mixer = Mixer::new(ftype, order.iter().map(|t| t.name.as_str()), n_layers);
     let mut w = GgufWriter::new();
-    for (k, v) in &file.metadata {
-        if k != "general.alignment" {
-            w.kv(k, v.clone());
+    for (k, v) in &meta {
+        if *k != "general.alignment" {
+            w.kv(k, (*v).clone());
         }
     }
     w.kv("general.file_type", Value::U32(ftype.gguf_id())).kv("general.quantization_version", Value::U32(2));
-    let total: u64 = file.tensors.iter().map(|t| t.n_elements() as u64).sum();
+    let total: u64 = file.tensors().iter().map(|t| t.n_elements() as u64).sum();
     let mut done = 0u64;
-    let mut rep = QuantizeReport { tensors: file.tensors.len(), in_bytes: file.file_size() as u64, ..Default::default() };
+    let mut rep = QuantizeReport { tensors: file.tensors().len(), in_bytes: file.size(), ..Default::default() };
     for t in order {
         let ty = mixer.choose(&t.name, &t.dims, t.dtype);
         let data = if ty == t.dtype {
-            file.tensor_data(t).to_vec()
+            file.raw(t).with_context(|| format!("tensor {}", t.name))?.into_owned()
         } else {
             if t.dtype.is_quantized() {
                 rep.requantized += 1;
             }
-            let x = tensor_f32(file, t).with_context(|| format!("tensor {}", t.name))?;
+            let x = file.values(t).with_context(|| format!("tensor {}", t.name))?;
             quantize_f32(ty, &x, t.dims[0]).with_context(|| format!("tensor {}", t.name))?
         };
         *rep.types.entry(ty.name().to_string()).or_default() += 1;
@@ -109,22 +143,20 @@ pub fn quantize_gguf(file: &GgufFile, ftype: FileType, mut progress: impl FnMut(
 }
 
 /// Quantize `input` into `output` (written atomically): a GGUF file, or a Hugging Face
-/// model folder with its tokenizer ([`crate::export::convert`]), which is first converted to
-/// an f32 GGUF in memory (about twice the f32 model's size at the peak).
+/// model folder with its tokenizer ([`crate::export::convert`]), read a tensor at a time
+/// from its memory-mapped safetensors (the peak is the output file's size, twice).
 pub fn quantize_file(input: &Path, output: &Path, ftype: FileType, progress: impl FnMut(u64, u64)) -> Result<QuantizeReport> {
-    let mut notes = Vec::new();
-    let file = if input.is_dir() {
+    let (w, mut rep) = if input.is_dir() {
         if !input.join("tokenizer.json").is_file() {
             anyhow::bail!("{}: no tokenizer.json (the GGUF carries the tokenizer)", input.display());
         }
         let c = crate::export::convert::hf_dir_to_gguf(input)?;
-        notes = c.notes;
-        c.file
+        let (w, mut rep) = quantize_gguf(&c, ftype, progress)?;
+        rep.notes = c.notes;
+        (w, rep)
     } else {
-        std::sync::Arc::new(GgufFile::open(input)?)
+        quantize_gguf(&GgufFile::open(input)?, ftype, progress)?
     };
-    let (w, mut rep) = quantize_gguf(&file, ftype, progress)?;
-    rep.notes = notes;
     let bytes = w.to_bytes();
     drop(w);
     rep.out_bytes = bytes.len() as u64;
