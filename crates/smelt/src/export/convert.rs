@@ -149,7 +149,7 @@ fn swa_period(sliding: &[bool]) -> Option<usize> {
 }
 
 /// Model hyper-parameters as GGUF key/values and generated tensors (rope factors).
-fn write_hparams(w: &mut GgufWriter, cfg: &ModelConfig, notes: &mut Vec<String>) -> Result<()> {
+pub(crate) fn write_hparams(w: &mut GgufWriter, cfg: &ModelConfig, notes: &mut Vec<String>) -> Result<()> {
     let a = gguf_arch(cfg.arch);
     let k = |s: &str| format!("{a}.{s}");
     let rope = &cfg.ropes[0];

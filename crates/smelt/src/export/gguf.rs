@@ -99,24 +99,11 @@ fn matrix_type(q: Quant, cols: usize) -> GgmlType {
 pub fn gguf_writer(m: &Exportable, quant: Quant) -> Result<GgufWriter> {
     let c = &m.cfg;
     let mut w = GgufWriter::new();
-    let a = "llama";
-    w.kv("general.architecture", Value::String(a.into()))
-        .kv("general.name", Value::String(m.name.clone()))
-        .kv("general.file_type", Value::U32(quant.file_type()))
-        .kv("general.quantization_version", Value::U32(2))
-        .kv(&format!("{a}.vocab_size"), Value::U32(c.vocab_size as u32))
-        .kv(&format!("{a}.context_length"), Value::U32(c.max_position as u32))
-        .kv(&format!("{a}.embedding_length"), Value::U32(c.hidden as u32))
-        .kv(&format!("{a}.block_count"), Value::U32(c.n_layers() as u32))
-        .kv(&format!("{a}.feed_forward_length"), Value::U32(c.intermediate as u32))
-        .kv(&format!("{a}.attention.head_count"), Value::U32(c.n_heads as u32))
-        .kv(&format!("{a}.attention.head_count_kv"), Value::U32(c.n_kv_heads as u32))
-        .kv(&format!("{a}.attention.key_length"), Value::U32(c.head_dim as u32))
-        .kv(&format!("{a}.attention.value_length"), Value::U32(c.head_dim as u32))
-        .kv(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(c.norm_eps as f32))
-        .kv(&format!("{a}.rope.freq_base"), Value::F32(m.shape.rope_theta as f32))
-        .kv(&format!("{a}.rope.dimension_count"), Value::U32(c.head_dim as u32));
     let mut notes = Vec::new();
+    super::convert::write_hparams(&mut w, c, &mut notes)?;
+    w.kv("general.name", Value::String(m.name.clone()))
+        .kv("general.file_type", Value::U32(quant.file_type()))
+        .kv("general.quantization_version", Value::U32(2));
     for (k, v) in padded_tokenizer_metadata(&m.tokenizer_dir, c.vocab_size, &mut notes)? {
         w.kv(&k, v);
     }
