@@ -11,10 +11,12 @@
 //!   gate/up kept fused;
 //! - the tokenizer (when the folder has `tokenizer.json`) as `tokenizer.ggml.*`.
 //!
-//! The result is read back with the GGUF loader, and the configuration it describes must be
-//! the folder's (up to f32 rounding of stored floats): anything GGUF cannot say is refused
-//! with the field that differs, never written as a silently different model. Every tensor of
-//! the folder must land in the file.
+//! The metadata (with the generated rope tensors) is read back with the GGUF loader's config
+//! reader, and the configuration it describes must be the folder's (up to f32 rounding of
+//! stored floats): anything GGUF cannot say is refused with the field that differs, never
+//! written as a silently different model. Every tensor of the folder must land in the file.
+//! The tensors themselves are read from the mapped safetensors one at a time, when the
+//! quantizer asks ([`Converted`] is a [`crate::quantize::Source`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
