@@ -3,6 +3,11 @@
 checking `smelt quantize FOLDER` against llama.cpp (scripts/bench/compare-convert.sh).
 
     python3 scripts/bench/make_hf_folders.py TOKENIZER_DIR OUT_DIR
+    python3 scripts/bench/make_hf_folders.py --tinyllama TOKENIZER_DIR OUT_DIR
+
+The second form writes one TinyLlama-shaped f32 Llama folder (3.9 GB; hidden 2048, 22
+layers, ffn 5632, 32/4 heads, untied) for timing and memory of a big conversion; its
+weights repeat one block of 2^20 random values, which is all a memory figure needs.
 
 Python's standard library only: weights are drawn with `random` (seeded per folder) and
 written as f32 safetensors under transformers' names; configs are what transformers'
@@ -92,7 +97,58 @@ def write_safetensors(path, items):
     os.replace(path + ".tmp", path)
 
 
+def tinyllama(tok_dir, d):
+    H, F, L, NH, KV = 2048, 5632, 22, 32, 4
+    vocab = len(json.load(open(os.path.join(tok_dir, "tokenizer.json")))["model"]["vocab"])
+    vocab += len(json.load(open(os.path.join(tok_dir, "tokenizer.json"))).get("added_tokens", []))
+    hd = H // NH
+    rng = random.Random(0)
+    block = array("f", [rng.gauss(0.0, 0.02) for _ in range(1 << 20)]).tobytes()
+    names = [("model.embed_tokens.weight", (vocab, H)), ("model.norm.weight", (H,)), ("lm_head.weight", (vocab, H))]
+    for i in range(L):
+        p = f"model.layers.{i}."
+        names += [(p + "input_layernorm.weight", (H,)), (p + "post_attention_layernorm.weight", (H,)),
+                  (p + "self_attn.q_proj.weight", (H, H)), (p + "self_attn.k_proj.weight", (KV * hd, H)),
+                  (p + "self_attn.v_proj.weight", (KV * hd, H)), (p + "self_attn.o_proj.weight", (H, H)),
+                  (p + "mlp.gate_proj.weight", (F, H)), (p + "mlp.up_proj.weight", (F, H)), (p + "mlp.down_proj.weight", (H, F))]
+    header, offset = {}, 0
+    for name, shape in names:
+        n = 1
+        for x in shape:
+            n *= x
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + 4 * n]}
+        offset += 4 * n
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "model.safetensors")
+    with open(path + ".tmp", "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for name, shape in names:
+            lo, hi = header[name]["data_offsets"]
+            if name.endswith("norm.weight"):
+                f.write(array("f", [1.0] * ((hi - lo) // 4)).tobytes())
+                continue
+            left = hi - lo
+            while left > 0:
+                c = min(left, len(block))
+                f.write(block[:c])
+                left -= c
+    os.replace(path + ".tmp", path)
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": H, "intermediate_size": F,
+           "num_hidden_layers": L, "num_attention_heads": NH, "num_key_value_heads": KV, "vocab_size": vocab,
+           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+           "tie_word_embeddings": False, "hidden_act": "silu"}
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok_dir, f), os.path.join(d, f))
+    print(d)
+
+
 def main():
+    if sys.argv[1] == "--tinyllama":
+        return tinyllama(sys.argv[2], sys.argv[3])
     tok_dir, out_dir = sys.argv[1], sys.argv[2]
     vocab = len(json.load(open(os.path.join(tok_dir, "tokenizer.json")))["model"]["vocab"])
     vocab += len(json.load(open(os.path.join(tok_dir, "tokenizer.json"))).get("added_tokens", []))

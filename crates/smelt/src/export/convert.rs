@@ -329,7 +329,6 @@ pub fn hf_dir_to_gguf(dir: &Path) -> Result<Converted> {
     let files = crate::load::hf::safetensors_files(dir)?;
     let in_bytes = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
     let st = SafetensorsTensors::open(&files, cfg.arch, Device::Cpu)?;
-    let is_gemma = matches!(cfg.arch, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3);
 
     // Metadata and the generated tensors (rope factors) first: read back on their own.
     let mut w = GgufWriter::new();
@@ -386,7 +385,7 @@ pub fn hf_dir_to_gguf(dir: &Path) -> Result<Converted> {
             Some("attn_k") if llama => Some(cfg.n_kv_heads),
             _ => None,
         };
-        add(&name, &shape, Part::Stored { shift: is_gemma && name.ends_with("norm.weight"), permute });
+        add(&name, &shape, Part::Stored { shift: crate::load::hf::shifted_norm(cfg.arch, &name), permute });
     }
     let left: Vec<String> = st
         .names()

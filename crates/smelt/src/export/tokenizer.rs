@@ -24,6 +24,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
 use crate::load::gguf::{GgufFile, GgufWriter, Value};
+use crate::load::hf::read_json;
+use crate::tokenize::hf::{has_type, token_text};
 use crate::tokenize::Tokenizer;
 
 /// llama.cpp token types.
@@ -45,22 +47,6 @@ const BYTE_LEVEL_PRES: &[&str] = &[
     "deepseek-coder", "falcon", "seed-coder", "bailingmoe", "ufakzeka", "viking", "poro-chat", "default",
 ];
 
-fn read_json(path: &Path) -> Result<Json> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
-}
-
-fn has_type(v: &Json, ty: &str) -> bool {
-    match v {
-        Json::Object(o) => {
-            o.get("type").and_then(Json::as_str) == Some(ty)
-                || o.values().any(|x| matches!(x, Json::Array(_) | Json::Object(_)) && has_type(x, ty))
-        }
-        Json::Array(a) => a.iter().any(|x| has_type(x, ty)),
-        _ => false,
-    }
-}
-
 /// The split regexes of a byte-level pre-tokenizer, in order, as llama.cpp would write
 /// them (ByteLevel's own regex is GPT-2's; `Digits` splitting each digit is `\p{N}`).
 fn split_regexes(p: &Json) -> Vec<String> {
@@ -77,15 +63,6 @@ fn split_regexes(p: &Json) -> Vec<String> {
             vec![crate::tokenize::pretok::PreTokenizer::for_name(Some("gpt-2")).map(|p| p.regexes[0].to_string()).unwrap_or_default()]
         }
         _ => Vec::new(),
-    }
-}
-
-/// A special token named in tokenizer_config.json: a string or `{"content": ...}`.
-fn token_text(v: Option<&Json>) -> Option<String> {
-    match v? {
-        Json::String(s) => Some(s.clone()),
-        Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_string),
-        _ => None,
     }
 }
 

@@ -62,14 +62,21 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Gemma keeps RMSNorm weights as `w` and multiplies by `1 + w`; smelt's decoder uses
 /// `w`, so Hugging Face Gemma norms are shifted by one at load (GGUF files already are).
-pub(crate) struct ShiftNorms<'a> {
-    pub inner: &'a dyn TensorSource,
+struct ShiftNorms<'a> {
+    inner: &'a dyn TensorSource,
+    arch: Arch,
+}
+
+/// Is `name` (canonical) a norm weight that a Hugging Face `arch` folder stores as `w` for a
+/// `1 + w` scale? Those are shifted by one on the way to smelt's decoder or a GGUF.
+pub(crate) fn shifted_norm(arch: Arch, name: &str) -> bool {
+    matches!(arch, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3) && name.ends_with("norm.weight")
 }
 
 impl TensorSource for ShiftNorms<'_> {
     fn get(&self, name: &str) -> Result<Option<Weight>> {
         let w = self.inner.get(name)?;
-        if name.ends_with("norm.weight") {
+        if shifted_norm(self.arch, name) {
             if let Some(Weight::Dense(t)) = w {
                 return Ok(Some(Weight::Dense((t + 1.0)?)));
             }
@@ -130,10 +137,8 @@ fn open_hf(dir: &Path, ctx: Option<usize>) -> Result<(Decoder, BTreeMap<String, 
     let files = safetensors_files(dir)?;
     let st = SafetensorsTensors::open(&files, cfg.arch, Device::Cpu)?;
     let ctx = choose_ctx(&cfg, ctx, crate::model::KvType::default())?;
-    let is_gemma = matches!(cfg.arch, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3);
-    let shifted = ShiftNorms { inner: &st };
-    let src: &dyn TensorSource = if is_gemma { &shifted } else { &st };
-    let decoder = Decoder::load(&cfg, src, ctx, &Device::Cpu).with_context(|| dir.display().to_string())?;
+    let src = ShiftNorms { inner: &st, arch: cfg.arch };
+    let decoder = Decoder::load(&cfg, &src, ctx, &Device::Cpu).with_context(|| dir.display().to_string())?;
     Ok((decoder, st.dtype_counts()))
 }
 

@@ -45,7 +45,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 }
 
 /// A token named in tokenizer_config.json: "text" or {"content": "text", ...}.
-fn token_text(v: Option<&Json>) -> Option<String> {
+pub(crate) fn token_text(v: Option<&Json>) -> Option<String> {
     match v? {
         Json::String(s) => Some(s.clone()),
         Json::Object(o) => o.get("content")?.as_str().map(str::to_string),
@@ -54,7 +54,7 @@ fn token_text(v: Option<&Json>) -> Option<String> {
 }
 
 /// Does any node of the JSON tree have `"type": ty`?
-fn has_type(v: &Json, ty: &str) -> bool {
+pub(crate) fn has_type(v: &Json, ty: &str) -> bool {
     match v {
         Json::Object(o) => o.get("type").and_then(Json::as_str) == Some(ty) || o.values().any(|x| has_type(x, ty)),
         Json::Array(a) => a.iter().any(|x| has_type(x, ty)),

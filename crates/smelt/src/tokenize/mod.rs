@@ -20,7 +20,7 @@
 mod bpe;
 pub(crate) mod bytelevel;
 mod gguf;
-mod hf;
+pub(crate) mod hf;
 pub(crate) mod pretok;
 mod spm;
 mod special;
