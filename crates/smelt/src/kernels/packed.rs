@@ -79,34 +79,51 @@ fn field_bytes(t: GgmlType, nb: usize) -> usize {
     }
 }
 
-/// 64-byte aligned storage.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
+/// Zeroed storage for a packed matrix: an anonymous memory map, so its pages come fresh
+/// (zero) from the kernel, page-aligned (the kernels want 64 bytes), and go back to it when
+/// the matrix is dropped. Through the allocator (`alloc_zeroed`), glibc served these sizes
+/// from its heap whenever its dynamic mmap threshold had risen, and then `calloc` wrote
+/// zeros over the fresh pages serially: a page fault per 4 KiB inside a `memset`.
+struct Storage(Option<memmap2::MmapMut>);
 
-/// `n` zero lines from the allocator's zeroed memory: fresh pages for large sizes, so no
-/// serial pass writes zeros before the parallel packing touches them. (Transparent huge
-/// pages were tried: fewer faults for 4-bit files, but compaction stalls made the 1.2 GB
-/// Q8_0 file load 2× slower.)
-fn zeroed_lines(n: usize) -> Vec<Line> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let layout = std::alloc::Layout::array::<Line>(n).expect("packed matrix size");
-    // SAFETY: the layout is non-zero and that of a `[Line; n]`; all-zero bytes are a valid
-    // `Line`; the vector takes ownership with the same layout (the global allocator's).
-    unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout) as *mut Line;
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
+impl Storage {
+    fn zeroed(len: usize) -> Storage {
+        if len == 0 {
+            return Storage(None);
         }
-        Vec::from_raw_parts(ptr, n, n)
+        let map = memmap2::MmapOptions::new().len(len).map_anon().unwrap_or_else(|e| panic!("cannot map {len} bytes for a packed matrix: {e}"));
+        populate(&map);
+        Storage(Some(map))
     }
+    fn bytes(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or(&mut [])
+    }
+}
+
+/// Map in the fresh pages of `map` ahead of the packing, in 4 MiB pieces on the pool's
+/// threads (Linux's `MADV_POPULATE_WRITE`, 5.14+): one call maps in a thousand pages, where
+/// the packing's first writes would take a fault for each 4 KiB. Where the call is refused
+/// (older kernels, other systems) the writes fault them in as before; the bytes are zero
+/// either way.
+fn populate(map: &memmap2::MmapMut) {
+    #[cfg(target_os = "linux")]
+    {
+        const PIECE: usize = 4 << 20;
+        let pieces: Vec<usize> = (0..map.len()).step_by(PIECE).collect();
+        pieces.par_iter().for_each(|&a| {
+            let _ = map.advise_range(memmap2::Advice::PopulateWrite, a, PIECE.min(map.len() - a));
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
 }
 
 /// A packed `(rows, cols)` matrix.
 pub struct Packed {
-    lines: Vec<Line>,
+    storage: Storage,
     pub dtype: GgmlType,
     pub rows: usize,
     /// Blocks of 32 per row.
@@ -261,9 +278,8 @@ impl Packed {
         let f = nb * RG * qb;
         let gstride = (f + field_bytes(t, nb)).div_ceil(64) * 64;
         let groups = rows.div_ceil(RG);
-        let mut lines = zeroed_lines(groups * gstride / 64);
-        // SAFETY: `Line` is 64 plain bytes; the vector holds groups · gstride of them.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u8, groups * gstride) };
+        let mut storage = Storage::zeroed(groups * gstride);
+        let bytes = storage.bytes_mut();
         // Groups in parallel (loading a 1.1B model packs ~0.6–1.2 GB), each row taken apart
         // into buffers reused within the task.
         let empty = || -> Vec<RowParts> { (0..RG).map(|_| RowParts { quants: Vec::with_capacity(nb * qb), halves: Vec::new(), scmin: Vec::new() }).collect() };
@@ -315,12 +331,11 @@ impl Packed {
                 }
             }
         });
-        Packed { lines, dtype: t, rows, nb, gstride }
+        Packed { storage, dtype: t, rows, nb, gstride }
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: as in `new`.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
+        self.storage.bytes()
     }
 
     /// Groups of 16 rows (the last one padded with zero rows).
