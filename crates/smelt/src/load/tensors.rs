@@ -34,6 +34,12 @@ pub trait TensorSource: Send + Sync {
     fn require_dense(&self, name: &str) -> Result<Tensor> {
         self.get_dense(name)?.with_context(|| format!("model file is missing tensor {name:?}"))
     }
+
+    /// The model is built: drop whatever pages of a memory-mapped file loading left
+    /// resident (the header read for the metadata, the 64 KiB windows around the small
+    /// tensors that were copied out). Weights still read from the map fault back in from the
+    /// page cache when used; nothing changes but the resident set.
+    fn release_mapped(&self) {}
 }
 
 pub fn candle_dtype(t: GgmlType) -> Result<GgmlDType> {
@@ -90,6 +96,11 @@ impl TensorSource for GgufTensors {
 
     fn names(&self) -> Vec<String> {
         self.file.tensors.iter().map(|t| t.name.clone()).collect()
+    }
+
+    fn release_mapped(&self) {
+        let bytes = self.file.bytes();
+        bytes.release(0, bytes.len());
     }
 }
 
