@@ -72,8 +72,15 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     // that it (and `/usr/bin/time -v`'s maximum) covers the model's work only.
     let mem_read_gbs = bench::membw::read_bandwidth(512 << 20, 5);
     bench::reset_peak_rss();
+    // The process holds what `smelt run` holds: the decoder (over the mapped bytes) and the
+    // tokenizer, which llama-bench loads too. The parsed metadata it is built from (for
+    // SmolLM2, 7 MB of token strings and merges) is dropped with `file` after the load, as
+    // `smelt run` drops it; what the report says of the file is taken first.
+    let (types, file_bytes, params, weight_bytes_per_token) =
+        (bench::type_summary(&file), file.file_size() as u64, bench::n_params(&file), bench::weight_bytes_per_token(&file));
     let t0 = std::time::Instant::now();
-    let mut dec = bench::decoder_from_gguf(file.clone(), bench::ctx_needed(a.prompt, a.gen, a.depth))?;
+    let _tokenizer = crate::tokenize::Tokenizer::from_gguf(&file).map_err(|e| tracing::debug!("no tokenizer: {e:#}")).ok();
+    let mut dec = bench::decoder_from_gguf(file, bench::ctx_needed(a.prompt, a.gen, a.depth))?;
     dec.kv_type = a.kv_type;
     let load_s = t0.elapsed().as_secs_f64();
     let mut tests = Vec::new();
@@ -87,13 +94,13 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     let peak_rss_bytes = bench::peak_rss();
     let report = BenchReport {
         model: label,
-        types: bench::type_summary(&file),
-        file_bytes: file.file_size() as u64,
-        params: bench::n_params(&file),
+        types,
+        file_bytes,
+        params,
         threads,
         isa: format!("{:?}", Isa::current()),
         kv_type: a.kv_type,
-        weight_bytes_per_token: bench::weight_bytes_per_token(&file),
+        weight_bytes_per_token,
         tests,
         mem_read_gbs,
         peak_rss_bytes,
