@@ -186,8 +186,9 @@ impl QWeight {
     pub fn packed(mut self) -> QWeight {
         if self.packed.is_none() && self.packs() {
             let nb = self.cols / 32; // packed rows count blocks (or sub-blocks) of 32
-            self.packed = Some(std::sync::Arc::new(packed::Packed::new(self.dtype, self.data(), self.rows, nb)));
-            self.bytes.release(self.offset, self.rows * self.row_bytes());
+            let (bytes, offset) = (&self.bytes, self.offset);
+            let p = packed::Packed::new_releasing(self.dtype, self.data(), self.rows, nb, |a, len| bytes.release(offset + a, len));
+            self.packed = Some(std::sync::Arc::new(p));
         }
         self
     }

@@ -271,6 +271,15 @@ fn row_from_parts(t: GgmlType, p: &RowParts, nb: usize) -> Vec<u8> {
 impl Packed {
     /// Pack `rows` rows of `nb` blocks of `t` from ggml bytes (`data`, rows back to back).
     pub fn new(t: GgmlType, data: &[u8], rows: usize, nb: usize) -> Packed {
+        Self::new_releasing(t, data, rows, nb, |_, _| {})
+    }
+
+    /// [`Packed::new`], in steps of about 16 MiB of `data`: `done(start, len)` is called
+    /// with each range of `data` once it is packed, so a caller reading a mapped file can
+    /// drop those pages as it goes. (Released only at the end, Gemma 3's 262k-row embedding
+    /// table had its 168 MiB of file pages and its packed copy resident at once: the peak of
+    /// the whole run.)
+    pub fn new_releasing(t: GgmlType, data: &[u8], rows: usize, nb: usize, done: impl Fn(usize, usize)) -> Packed {
         assert!(supports(t) && (!super_blocks(t) || nb.is_multiple_of(8)));
         let rb = ggml_row_bytes(t, nb);
         assert_eq!(data.len(), rows * rb);
@@ -283,7 +292,7 @@ impl Packed {
         // Groups in parallel (loading a 1.1B model packs ~0.6–1.2 GB), each row taken apart
         // into buffers reused within the task.
         let empty = || -> Vec<RowParts> { (0..RG).map(|_| RowParts { quants: Vec::with_capacity(nb * qb), halves: Vec::new(), scmin: Vec::new() }).collect() };
-        bytes.par_chunks_mut(gstride).zip(data.par_chunks(RG * rb)).for_each_init(empty, |parts, (dst, src)| {
+        let pack = |parts: &mut Vec<RowParts>, (dst, src): (&mut [u8], &[u8])| {
             let nr = src.len() / rb;
             for (p, src) in parts.iter_mut().zip(src.chunks_exact(rb)) {
                 row_parts(t, src, p);
@@ -330,7 +339,13 @@ impl Packed {
                     }
                 }
             }
-        });
+        };
+        const STEP_BYTES: usize = 16 << 20;
+        let step = (STEP_BYTES / (RG * rb)).max(1); // groups per step
+        for (i, (dst, src)) in bytes.chunks_mut(step * gstride).zip(data.chunks(step * RG * rb)).enumerate() {
+            dst.par_chunks_mut(gstride).zip(src.par_chunks(RG * rb)).for_each_init(empty, &pack);
+            done(i * step * RG * rb, src.len());
+        }
         Packed { storage, dtype: t, rows, nb, gstride }
     }
 
