@@ -136,7 +136,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
     for t in &file.tensors {
         *tensor_types.entry(t.dtype.name().to_string()).or_insert(0) += 1;
     }
-    Ok(Model {
+    let model = Model {
         decoder,
         tokenizer,
         chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
@@ -148,5 +148,10 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
             tensor_types,
             n_tensors: file.tensors.len(),
         },
-    })
+    };
+    // The parsed metadata goes with the last reference to the file (the decoder keeps only
+    // the mapped bytes); its pages go back to the system.
+    drop((src, file));
+    crate::util::return_freed_memory();
+    Ok(model)
 }

@@ -11,6 +11,7 @@ use tokenizers::utils::SysRegex;
 
 use super::bytelevel;
 use super::pretok::PreTokenizer;
+use super::strtab::StrTable;
 use super::vocab::Vocab;
 
 const NONE: u32 = u32::MAX;
@@ -19,7 +20,7 @@ pub struct BpeModel {
     pub pre: PreTokenizer,
     regexes: Vec<SysRegex>,
     /// Every string that takes part in a merge, interned.
-    pieces: HashMap<Box<str>, u32>,
+    pieces: StrTable,
     /// (left piece, right piece) → (rank, merged piece).
     ranks: HashMap<(u32, u32), (u32, u32)>,
 }
@@ -51,15 +52,7 @@ impl BpeModel {
             .iter()
             .map(|r| SysRegex::new(r).map_err(|e| anyhow!("{e}")).with_context(|| format!("bad pre-tokenizer regex {r:?}")))
             .collect::<Result<Vec<_>>>()?;
-        let mut pieces: HashMap<Box<str>, u32> = HashMap::with_capacity(merges.len() * 2);
-        let mut intern = |s: &str| -> u32 {
-            if let Some(&id) = pieces.get(s) {
-                return id;
-            }
-            let id = pieces.len() as u32;
-            pieces.insert(s.into(), id);
-            id
-        };
+        let mut pieces = StrTable::with_capacity(merges.len() + 256);
         let mut ranks = HashMap::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
             // llama.cpp splits at the first space after the first byte; a merge without one
@@ -68,10 +61,12 @@ impl BpeModel {
                 continue;
             };
             let (a, b) = (&m[..pos], &m[pos + 1..]);
-            let (ia, ib) = (intern(a), intern(b));
-            let merged = intern(&format!("{a}{b}"));
+            let (ia, ib) = (pieces.intern(a)?, pieces.intern(b)?);
+            let merged = pieces.intern(&format!("{a}{b}"))?;
             ranks.entry((ia, ib)).or_insert((rank as u32, merged));
         }
+        pieces.shrink_to_fit();
+        ranks.shrink_to_fit();
         Ok(Self { pre, regexes, pieces, ranks })
     }
 
@@ -159,7 +154,7 @@ impl BpeModel {
         syms.clear();
         for (i, (start, c)) in word.char_indices().enumerate() {
             let len = c.len_utf8();
-            let piece = self.pieces.get(&word[start..start + len]).copied().unwrap_or(NONE);
+            let piece = self.pieces.id(&word[start..start + len]).unwrap_or(NONE);
             syms.push(Sym { start: start as u32, len: len as u32, piece, prev: i as i32 - 1, next: i as i32 + 1 });
         }
         if let Some(last) = syms.last_mut() {

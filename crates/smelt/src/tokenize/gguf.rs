@@ -203,7 +203,7 @@ pub fn load(f: &GgufFile) -> Result<Inner> {
             (Model::Wpm(WpmModel::new(&vocab, lowercase, strip)?), PieceStyle::Escaped, "WPM".to_string())
         }
     };
-    let pieces = build_pieces(&vocab, style);
+    let pieces = build_pieces(&vocab, style, |_, _| None)?;
     Ok(Inner { vocab, model, ids, eog, add_bos, add_eos, add_space_prefix, pieces, kind })
 }
 

@@ -141,19 +141,14 @@ pub fn load(dir: &Path) -> Result<Inner> {
     } else {
         PieceStyle::Escaped
     };
-    let mut pieces = build_pieces(&vocab, style);
-    if model_ty == "WordPiece" {
-        // "##x" continues a word; other word pieces start one.
-        for (id, text) in vocab.iter() {
-            if vocab.attr(id) == attr::NORMAL {
-                let p = match text.strip_prefix("##") {
-                    Some(rest) => rest.to_string(),
-                    None => format!(" {text}"),
-                };
-                pieces[id as usize] = p.into_bytes().into_boxed_slice();
-            }
-        }
-    }
+    // WordPiece: "##x" continues a word; other word pieces start one.
+    let word_piece = model_ty == "WordPiece";
+    let pieces = build_pieces(&vocab, style, |id, text| {
+        (word_piece && vocab.attr(id) == attr::NORMAL).then(|| match text.strip_prefix("##") {
+            Some(rest) => rest.as_bytes().to_vec(),
+            None => format!(" {text}").into_bytes(),
+        })
+    })?;
 
     let mut plain = tok.clone();
     plain.set_encode_special_tokens(true);

@@ -1,10 +1,10 @@
 //! The token table shared by every tokenizer model: id ↔ text, scores, llama.cpp token
 //! attributes, and the special-token partition that runs before the model sees the text.
 
-use std::collections::HashMap;
-
 use aho_corasick::{AhoCorasick, MatchKind};
 use anyhow::{bail, Context, Result};
+
+use super::strtab::StrTable;
 
 /// llama.cpp token attributes (`llama_token_attr`), a bit set.
 pub mod attr {
@@ -47,10 +47,10 @@ pub enum Frag<'a> {
 }
 
 pub struct Vocab {
-    texts: Vec<String>,
+    /// Token texts by id, and the index from text to id.
+    texts: StrTable,
     scores: Vec<f32>,
     attrs: Vec<u16>,
-    index: HashMap<String, u32>,
     /// Partition matchers, built by `finish`: all partitioned tokens, and those that are
     /// matched even without `parse_special` (user-defined ones).
     specials_all: Option<Matcher>,
@@ -81,17 +81,15 @@ impl Vocab {
         if texts.len() > u32::MAX as usize / 2 {
             bail!("vocabulary of {} tokens is too large", texts.len());
         }
-        let mut texts = texts;
-        let mut index = HashMap::with_capacity(texts.len());
-        for (i, t) in texts.iter_mut().enumerate() {
-            if t.is_empty() {
-                *t = format!("[EMPTY_{i}]");
-            }
-            if let Some(prev) = index.insert(t.clone(), i as u32) {
+        let mut table = StrTable::with_capacity(texts.len());
+        for (i, t) in texts.into_iter().enumerate() {
+            let t = if t.is_empty() { format!("[EMPTY_{i}]") } else { t };
+            if let Err(prev) = table.insert(&t)? {
                 bail!("inconsistent vocabulary: token {i} {t:?} duplicates token {prev}");
             }
         }
-        Ok(Self { texts, scores, attrs, index, specials_all: None, specials_user: None })
+        table.shrink_to_fit();
+        Ok(Self { texts: table, scores, attrs, specials_all: None, specials_user: None })
     }
 
     pub fn len(&self) -> usize {
@@ -99,7 +97,7 @@ impl Vocab {
     }
 
     pub fn text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize).map(String::as_str)
+        self.texts.get(id)
     }
 
     pub fn score(&self, id: u32) -> f32 {
@@ -131,12 +129,12 @@ impl Vocab {
     }
 
     pub fn id(&self, text: &str) -> Option<u32> {
-        self.index.get(text).copied()
+        self.texts.id(text)
     }
 
     /// Ids in increasing order together with their text.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.texts.iter().enumerate().map(|(i, t)| (i as u32, t.as_str()))
+        self.texts.iter()
     }
 
     /// Build the special-token matchers; call after the attributes are final.
@@ -161,10 +159,11 @@ impl Vocab {
             return Ok(None);
         }
         // llama.cpp tries longer tokens first; among equal lengths we go by id.
-        ids.sort_by_key(|&id| (std::cmp::Reverse(self.texts[id as usize].len()), id));
+        let text = |id: u32| self.texts.get(id).unwrap_or_default();
+        ids.sort_by_key(|&id| (std::cmp::Reverse(text(id).len()), id));
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
-            .build(ids.iter().map(|&id| self.texts[id as usize].as_bytes()))
+            .build(ids.iter().map(|&id| text(id).as_bytes()))
             .context("cannot build the special-token matcher")?;
         Ok(Some(Matcher { ids, ac }))
     }
@@ -200,7 +199,7 @@ impl Vocab {
     }
 
     fn split_on<'a>(&self, frags: Vec<Frag<'a>>, id: u32) -> Vec<Frag<'a>> {
-        let tok = self.texts[id as usize].as_str();
+        let tok = self.texts.get(id).unwrap_or_default();
         let a = self.attr(id);
         let mut out = Vec::with_capacity(frags.len() + 2);
         for f in frags {
