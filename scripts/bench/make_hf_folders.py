@@ -97,10 +97,14 @@ def write_safetensors(path, items):
     os.replace(path + ".tmp", path)
 
 
+def vocab_size(tok_dir):
+    tj = json.load(open(os.path.join(tok_dir, "tokenizer.json")))
+    return len(tj["model"]["vocab"]) + len(tj.get("added_tokens", []))
+
+
 def tinyllama(tok_dir, d):
     H, F, L, NH, KV = 2048, 5632, 22, 32, 4
-    vocab = len(json.load(open(os.path.join(tok_dir, "tokenizer.json")))["model"]["vocab"])
-    vocab += len(json.load(open(os.path.join(tok_dir, "tokenizer.json"))).get("added_tokens", []))
+    vocab = vocab_size(tok_dir)
     hd = H // NH
     rng = random.Random(0)
     block = array("f", [rng.gauss(0.0, 0.02) for _ in range(1 << 20)]).tobytes()
@@ -150,8 +154,7 @@ def main():
     if sys.argv[1] == "--tinyllama":
         return tinyllama(sys.argv[2], sys.argv[3])
     tok_dir, out_dir = sys.argv[1], sys.argv[2]
-    vocab = len(json.load(open(os.path.join(tok_dir, "tokenizer.json")))["model"]["vocab"])
-    vocab += len(json.load(open(os.path.join(tok_dir, "tokenizer.json"))).get("added_tokens", []))
+    vocab = vocab_size(tok_dir)
     for seed, (arch, extra) in enumerate(ARCHS.items()):
         rng = random.Random(seed)
         cfg = {"hidden_size": HIDDEN, "intermediate_size": FFN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,

@@ -145,10 +145,11 @@ fn default_model_via_pip_fallback() {
 fn mapping_rss_kib(addr: *const u8) -> u64 {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let mut inside = false;
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
     for line in smaps.lines() {
-        let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
-        if let Some((a, b)) = range.filter(|(a, b)| !a.is_empty() && !b.is_empty() && a.chars().chain(b.chars()).all(|c| c.is_ascii_hexdigit())) {
-            let (a, b) = (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap());
+        // A mapping's header line starts with its address range, "start-end".
+        let range = line.split_whitespace().next().and_then(|r| r.split_once('-')).and_then(|(a, b)| hex(a).zip(hex(b)));
+        if let Some((a, b)) = range {
             inside = (a..b).contains(&(addr as u64));
         } else if inside && line.starts_with("Rss:") {
             return line.split_whitespace().nth(1).unwrap().parse().unwrap();

@@ -66,14 +66,19 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     (mean, sd)
 }
 
-/// A decoder straight from GGUF bytes (no tokenizer needed: the tokens are random).
+/// A decoder straight from GGUF bytes (no tokenizer needed: the tokens are random). As
+/// [`crate::load::load_gguf`] does, the freed heap goes back to the system once `file` (if
+/// this held its last reference) and its parsed metadata are dropped.
 pub fn decoder_from_gguf(file: Arc<GgufFile>, n_ctx: usize) -> Result<Decoder> {
     let src = GgufTensors::new(file.clone(), Device::Cpu);
     let cfg = config_from_gguf(&file, &src)?;
     if n_ctx > cfg.max_position {
         bail!("the test needs {n_ctx} tokens of context, the model has {}", cfg.max_position);
     }
-    Decoder::load(&cfg, &src, n_ctx, &Device::Cpu)
+    let dec = Decoder::load(&cfg, &src, n_ctx, &Device::Cpu)?;
+    drop((src, file));
+    crate::util::return_freed_memory();
+    Ok(dec)
 }
 
 /// Bytes of weights one decoded token reads: every matrix, except that only one row of

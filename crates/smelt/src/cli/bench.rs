@@ -81,7 +81,6 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     let t0 = std::time::Instant::now();
     let _tokenizer = crate::tokenize::Tokenizer::from_gguf(&file).map_err(|e| tracing::debug!("no tokenizer: {e:#}")).ok();
     let mut dec = bench::decoder_from_gguf(file, bench::ctx_needed(a.prompt, a.gen, a.depth))?;
-    crate::util::return_freed_memory();
     dec.kv_type = a.kv_type;
     let load_s = t0.elapsed().as_secs_f64();
     let mut tests = Vec::new();

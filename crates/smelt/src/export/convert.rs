@@ -66,7 +66,7 @@ impl Converted {
             w.kv(k, v.clone());
         }
         for t in &self.tensors {
-            let data = crate::quantize::Source::values(self, t)?.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let data = crate::quantize::Source::raw(self, t)?.into_owned();
             w.tensor(&t.name, t.dims.clone(), GgmlType::F32, data);
         }
         GgufFile::from_vec(w.to_bytes())

@@ -180,9 +180,9 @@ impl QWeight {
     }
 
     /// The weight with a packed copy for the fast kernels ([`packed`]), when [`Self::packs`].
-    /// The file's pages of the original are then released (they are read back from the
-    /// page cache only if something asks for the ggml bytes again: embedding lookups,
-    /// LoRA training, export), so the model stays resident once.
+    /// The file's pages of the original are released as the packing goes, 16 MiB at a time
+    /// (they are read back from the page cache only if something asks for the ggml bytes
+    /// again: embedding lookups, LoRA training, export), so the model stays resident once.
     pub fn packed(mut self) -> QWeight {
         if self.packed.is_none() && self.packs() {
             let nb = self.cols / 32; // packed rows count blocks (or sub-blocks) of 32

@@ -9,8 +9,8 @@
 //! scale `d·sc` each and offset `−32`), so one kernel shape serves all five.
 //! A group holds the bytes of its 16 file rows, reordered (Q4_K's 6-bit scales and mins
 //! spread to a byte each: 3% more); rows past the matrix's end are zero (scale 0). The
-//! file's pages are released once a tensor is packed, so the model is resident once
-//! ([`QWeight::packed`](super::QWeight)).
+//! file's pages are released as a tensor is packed (every 16 MiB), so the model is resident
+//! once ([`QWeight::packed`](super::QWeight)).
 //!
 //! Group layout (`nb` blocks of 32 values per row; `QB` quant bytes per row and block: 16
 //! for the 4-bit types, 32 for Q8_0, 24 for Q6_K):
